@@ -1,0 +1,88 @@
+"""What the console scripts share: one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from maml_cli.config import config_dir, config_groups
+from maml_cli.errors import UserError
+
+_GROUP_CHOICE = re.compile(r"\+{0,2}([a-z_]+)=([\w.,-]+)")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Reject an unknown option of a config group (`task=nope`) in one line.
+
+    Hydra would say so too, but over several lines with its search path; this check only
+    looks at plain `group=a,b` overrides and leaves anything fancier to Hydra.
+    """
+    if any(a in ("-cd", "--config-dir") or a.startswith("--config-dir=") for a in argv):
+        return
+    root, groups = Path(config_dir()), config_groups()
+    for arg in argv:
+        m = _GROUP_CHOICE.fullmatch(arg)
+        if not m or m.group(1) not in groups:
+            continue
+        group, values = m.groups()
+        options = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        for value in values.split(","):
+            if value not in options:
+                raise UserError(f"unknown {group} '{value}' (choose from: {', '.join(options)})")
+
+
+def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], None]:
+    """Console-script entry point around a @hydra.main function."""
+
+    def cli() -> None:
+        try:
+            check_group_choices(sys.argv[1:])
+        except UserError as e:
+            fail(prog, e)
+        # Make Hydra raise its composition errors to us instead of printing them over several
+        # lines; a user who set HYDRA_FULL_ERROR=1 gets Hydra's full report as usual.
+        full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            hydra_main()
+        except (HydraException, OmegaConfBaseException) as e:
+            if full_report:
+                raise
+            fail(prog, one_line(e))
+
+    return cli
+
+
+def reports_errors(prog: str):
+    """Turn UserError raised inside a Hydra task function into one line and exit code 2."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(cfg):
+            try:
+                return fn(cfg)
+            except UserError as e:
+                fail(prog, e)
+
+        return wrapper
+
+    return deco
+
+
+def one_line(error: Exception) -> str:
+    """A Hydra/OmegaConf message and its cause's, without indented detail lines, in one line."""
+    lines = [line.strip() for e in (error, error.__cause__) if e is not None
+             for line in str(e).splitlines() if line[:1] not in ("", " ", "\t")]
+    return " ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def fail(prog: str, error: Exception) -> None:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    sys.exit(2)

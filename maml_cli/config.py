@@ -1,0 +1,149 @@
+"""Structured configs: the schema Hydra type-checks every composed config against,
+and the value rules that are checked before any work starts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from maml_cli.errors import UserError
+
+
+def config_dir() -> str:
+    """The configs/ tree: inside the package when installed from a wheel, else the repo's."""
+    packaged = Path(__file__).parent / "configs"
+    return str(packaged if packaged.is_dir() else Path(__file__).parents[1] / "configs")
+
+
+@dataclass
+class TrainerConfig:
+    iterations: int = 15000
+    meta_batch_size: int = 25
+    val_every: int = 1000
+    val_tasks: int = 200
+    checkpoint_every: int = 0  # 0: only last.pt and best.pt
+    log_every: int = 50
+
+
+@dataclass
+class InnerConfig:
+    lr: float = 0.01
+    steps: int = 1
+    eval_steps: int = 10
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 600
+    seed: int = 1234
+    batch_size: int = 100  # test tasks adapted at once; bounds memory
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    engine: str = "auto"
+    task: Any = MISSING
+    model: Any = MISSING
+    algorithm: Any = MISSING
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    resume: str | None = None
+
+
+@dataclass
+class EvalRunConfig(RunConfig):
+    checkpoint: str | None = None
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)
+
+
+ENGINES = ("auto", "vmap", "loop")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+# (key, allowed range as the user reads it, check). Keys missing from a config are skipped,
+# so task- or model-specific rules can live here too.
+RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
+    ("seed", ">= 0", lambda v: v >= 0),
+    ("engine", f"one of {', '.join(ENGINES)}", lambda v: v in ENGINES),
+    ("device.name", f"one of {', '.join(DEVICES)}", lambda v: v in DEVICES),
+    ("inner.lr", "> 0", _positive),
+    ("inner.steps", ">= 0", lambda v: v >= 0),
+    ("inner.eval_steps", ">= 0", lambda v: v >= 0),
+    ("outer.lr", "> 0", _positive),
+    ("trainer.iterations", ">= 0", lambda v: v >= 0),
+    ("trainer.meta_batch_size", ">= 1", lambda v: v >= 1),
+    ("trainer.val_every", ">= 0 (0 disables validation)", lambda v: v >= 0),
+    ("trainer.val_tasks", ">= 1", lambda v: v >= 1),
+    ("trainer.checkpoint_every", ">= 0 (0: only last.pt and best.pt)", lambda v: v >= 0),
+    ("trainer.log_every", ">= 1", lambda v: v >= 1),
+    ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
+    ("eval.batch_size", ">= 1", lambda v: v >= 1),
+    ("task.shots", ">= 1", lambda v: v >= 1),
+    ("task.queries", ">= 1", lambda v: v >= 1),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError naming the first key whose value is out of range."""
+    for key, allowed, ok in RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            raise UserError(f"{key} must be {allowed} (got {value!r})")
+
+
+def config_groups() -> list[str]:
+    """The config groups a user chooses from (`task=...`), Hydra's own excepted."""
+    return sorted(p.name for p in Path(config_dir()).iterdir() if p.is_dir() and p.name != "hydra")
+
+
+# Taken from the command being run, never from the checkpoint: they describe this machine and
+# this evaluation, not the experiment.
+_FROM_COMMAND = ("device", "eval")
+
+
+def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config of a run continued or evaluated from a checkpoint: the checkpoint's own config,
+    with `device`, `eval` and the keys the user overrode on this command line taken from `cfg`."""
+    merged = OmegaConf.create(stored)
+    for key in _FROM_COMMAND:
+        merged[key] = cfg[key]
+    groups = config_groups()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in groups:
+            raise UserError(
+                f"{key}= cannot change when continuing from a checkpoint: its own {key} config is "
+                f"used (override single keys instead, e.g. {key}.<name>=...)"
+            )
+        if key.split(".")[0] not in _FROM_COMMAND and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    OmegaConf.set_struct(merged, True)
+    return merged
