@@ -1,0 +1,1 @@
+"""Task families (config group `task/`): each samples Episodes on its device."""

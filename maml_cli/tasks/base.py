@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from maml_cli.episode import Episode
+
+SPLITS = ("train", "val", "test")
+
+
+class TaskFamily(ABC):
+    """Knows its data and splits; samples episodes with a generator on its device."""
+
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    metric_name: str
+    higher_is_better: bool
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode: ...
+
+    @abstractmethod
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of one task, the one the inner loop and the meta-objective minimise."""
+
+    @abstractmethod
+    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar metric of one task, the one validation and evaluation report."""
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Whether metric value a improves on b (None: nothing yet)."""
+        return b is None or (a > b if self.higher_is_better else a < b)
