@@ -1,0 +1,52 @@
+"""Config -> objects. Every component is made by hydra.utils.instantiate from its group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from maml_cli.device import resolve_device
+from maml_cli.engine import Engine, choose_strategy
+from maml_cli.errors import UserError
+from maml_cli.tasks.base import TaskFamily
+
+
+@dataclass
+class Run:
+    device: torch.device
+    task: TaskFamily
+    model: nn.Module
+    algorithm: object
+    engine: Engine
+
+
+def make(group: str, node: DictConfig, **kwargs):
+    """instantiate(node), with failures reported as one line naming the config group."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        detail = " ".join(str(e.__cause__ or e).split())
+        raise UserError(f"cannot build {group} from its config: {detail}") from None
+
+
+def build(cfg: DictConfig) -> Run:
+    device = resolve_device(cfg.device.name)
+    task = make("task", cfg.task, device=device)
+    model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
+    model = model.to(device)
+    algorithm = make(
+        "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
+        lr=cfg.inner.lr,
+    )
+    return Run(device, task, model, algorithm, Engine(choose_strategy(cfg.engine, model)))
+
+
+def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return make("outer", cfg.outer, params=model.parameters())

@@ -1,0 +1,41 @@
+"""maml-train: meta-train from the Hydra config tree in configs/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from maml_cli import checkpoint
+from maml_cli.build import build
+from maml_cli.cli import main_wrapper, reports_errors
+from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
+from maml_cli.trainer import Trainer
+
+register_configs()
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+@reports_errors("maml-train")
+def main(cfg: DictConfig) -> float:
+    """Returns the best validation metric, the value Hydra's sweepers optimise."""
+    hydra_cfg = HydraConfig.get()
+    resume = None
+    if cfg.resume:
+        resume = checkpoint.load(checkpoint.locate(cfg.resume, prefer="last.pt"))
+        cfg = from_checkpoint(resume["config"], cfg, list(hydra_cfg.overrides.task))
+    validate(cfg)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # The effective config (after resume) beside Hydra's own record of what was composed.
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    torch.manual_seed(cfg.seed)
+    return Trainer(cfg, build(cfg), run_dir, resume).fit()
+
+
+cli = main_wrapper("maml-train", main)
+
+if __name__ == "__main__":
+    cli()
