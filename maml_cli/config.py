@@ -46,6 +46,15 @@ class EvalConfig:
 
 
 @dataclass
+class DataConfig:
+    # Holds one folder per dataset (omniglot/, mnist/, miniimagenet/).
+    root: str = "${oc.env:MAML_DATA_ROOT,data}"
+    download: bool = False
+    # Preprocessed datasets are cached here, outside root, which may be read-only.
+    cache_dir: str = "${oc.env:MAML_CACHE_DIR,'~/.cache/maml-cli'}"
+
+
+@dataclass
 class DeviceConfig:
     name: str = "auto"
 
@@ -60,6 +69,7 @@ class RunConfig:
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -108,6 +118,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("eval.batch_size", ">= 1", lambda v: v >= 1),
     ("task.shots", ">= 1", lambda v: v >= 1),
     ("task.queries", ">= 1", lambda v: v >= 1),
+    ("task.ways", ">= 2", lambda v: v >= 2),
 ]
 
 
@@ -126,12 +137,13 @@ def config_groups() -> list[str]:
 
 # Taken from the command being run, never from the checkpoint: they describe this machine and
 # this evaluation, not the experiment.
-_FROM_COMMAND = ("device", "eval")
+_FROM_COMMAND = ("device", "data", "eval")
 
 
 def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config of a run continued or evaluated from a checkpoint: the checkpoint's own config,
-    with `device`, `eval` and the keys the user overrode on this command line taken from `cfg`."""
+    with `device`, `data`, `eval` and the keys the user overrode on this command line taken
+    from `cfg`."""
     merged = OmegaConf.create(stored)
     for key in _FROM_COMMAND:
         merged[key] = cfg[key]

@@ -14,3 +14,31 @@ def trained_run(tmp_path_factory) -> Path:
                "trainer.checkpoint_every=30", "trainer.log_every=10", "trainer.val_tasks=20",
                f"hydra.run.dir={run_dir}", cwd=work))
     return run_dir
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets beside the project (../shared/data), as CI has them."""
+    if not (SHARED_DATA / "omniglot").is_dir():
+        pytest.skip(f"the real datasets are not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_env(shared_data, tmp_path_factory) -> dict:
+    """Environment for console scripts: the shared data root and a session-wide cache."""
+    import os
+
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "MAML_DATA_ROOT": str(shared_data), "MAML_CACHE_DIR": str(cache)}
+
+
+@pytest.fixture(scope="session")
+def data_config(data_env):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"root": data_env["MAML_DATA_ROOT"], "download": False,
+                             "cache_dir": data_env["MAML_CACHE_DIR"]})

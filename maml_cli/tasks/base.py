@@ -17,8 +17,10 @@ class TaskFamily(ABC):
     metric_name: str
     higher_is_better: bool
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device | str = "cpu", data=None):
+        # `data` (root, download, cache_dir) describes this machine, so it is passed in by the
+        # builder rather than stored in the task's config.
+        self.device, self.data = torch.device(device), data
 
     @abstractmethod
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode: ...

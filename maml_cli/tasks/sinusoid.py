@@ -32,8 +32,9 @@ class Sinusoid(TaskFamily):
         phase: tuple[float, float] = (0.0, math.pi),
         x_range: tuple[float, float] = (-5.0, 5.0),
         device: torch.device | str = "cpu",
+        data=None,
     ):
-        super().__init__(device)
+        super().__init__(device, data)
         for key, (lo, hi) in {"amplitude": amplitude, "phase": phase, "x_range": x_range}.items():
             if not lo <= hi:
                 raise UserError(f"task.{key} must be [low, high] with low <= high (got {[lo, hi]})")

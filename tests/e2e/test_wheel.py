@@ -15,6 +15,7 @@ def test_built_wheel_carries_and_finds_the_configs(tmp_path):
     wheel = next((tmp_path / "dist").glob("maml_cli-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "maml_cli/configs/train.yaml" in names and "maml_cli/configs/task/sinusoid.yaml" in names
+    assert "maml_cli/tasks/splits/omniglot.json" in names
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}

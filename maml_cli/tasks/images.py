@@ -1,0 +1,127 @@
+"""N-way K-shot image classification from device-resident uint8 image tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from maml_cli import checkpoint
+from maml_cli.episode import Episode
+from maml_cli.errors import UserError
+from maml_cli.tasks.base import TaskFamily
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # [N, C, H, W] uint8, on the device
+    index: torch.Tensor  # [classes, most images of a class]: image rows of each class, padded
+    counts: torch.Tensor  # [classes]: images of each class
+
+    @property
+    def num_classes(self) -> int:
+        return self.counts.numel()
+
+
+def cached(path: Path, format_tag: str, build: Callable[[], dict]) -> dict:
+    """A preprocessed dataset from its cache file if that is intact, else build() it and cache
+    it atomically. Preprocessing decodes every image once; later runs load one tensor file."""
+    if path.is_file():
+        try:
+            data = torch.load(path, weights_only=True)
+            if data.get("format") == format_tag:
+                return data
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+    data = {"format": format_tag, **build()}
+    try:
+        checkpoint.atomic_write(path, lambda f: torch.save(data, f))
+    except OSError as e:
+        raise UserError(f"cannot write the dataset cache {path}: {e} "
+                        "(set data.cache_dir to a writable folder)") from None
+    return data
+
+
+def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:
+    """Group image rows by label (any label values; classes may have different sizes)."""
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.arange(int(counts.max()))
+    valid = column[None] < counts[:, None]
+    index = torch.where(valid, order[(starts[:, None] + column[None]).clamp(max=len(order) - 1)], 0)
+    return Split(images.to(device), index.to(device), counts.to(device))
+
+
+class ImageTasks(TaskFamily):
+    """Episodes are gathered on the device: classes without replacement per task, then images
+    without replacement per class; a class's label is its position among the task's classes,
+    so labels are shuffled per task. Subclasses provide the splits (`load_splits`)."""
+
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, ways: int, shots: int, queries: int, eval_queries: int | None = None,
+                 loss_scale: float = 1.0, device: torch.device | str = "cpu", data=None):
+        super().__init__(device, data)
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.eval_queries = queries if eval_queries is None else eval_queries
+        self.loss_scale = loss_scale
+        if self.eval_queries < 1:
+            raise UserError(f"task.eval_queries must be >= 1 (got {self.eval_queries})")
+        if ways < 2:
+            raise UserError(f"task.ways must be >= 2 (got {ways})")
+        self.splits = {name: make_split(*data_, self.device)
+                       for name, data_ in self.load_splits().items()}
+        first = next(iter(self.splits.values())).images
+        self.input_shape, self.num_outputs = tuple(first.shape[1:]), ways
+        for name, split in self.splits.items():
+            self._check(name, split)
+
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{split: (uint8 images [N, C, H, W], integer labels [N])} for every split."""
+        raise NotImplementedError
+
+    def _check(self, name: str, split: Split) -> None:
+        if split.num_classes < self.ways:
+            raise UserError(f"task.ways={self.ways} but the {name} split has only "
+                            f"{split.num_classes} classes")
+        need = self.shots + (self.queries if name == "train" else self.eval_queries)
+        if int(split.counts.min()) < need:
+            raise UserError(f"task.shots + queries = {need} but a class of the {name} split has "
+                            f"only {int(split.counts.min())} images")
+
+    def sample_rows(self, split: str, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Image rows [T, ways, shots + queries] of the split's image tensor: row [t, c] holds
+        distinct images of one class, and the classes of a task are distinct."""
+        s = self.splits[split]
+        queries = self.queries if split == "train" else self.eval_queries
+        per_class, dev = self.shots + queries, self.device
+        classes = torch.rand(num_tasks, s.num_classes, generator=generator, device=dev)
+        classes = classes.argsort(dim=1)[:, : self.ways]  # [T, ways]
+        # Random keys, with padding slots pushed past every real image, then the first
+        # per_class positions: a draw without replacement inside each class.
+        keys = torch.rand(num_tasks, self.ways, s.index.shape[1], generator=generator, device=dev)
+        padding = torch.arange(s.index.shape[1], device=dev) >= s.counts[classes][..., None]
+        picks = keys.masked_fill(padding, 2.0).argsort(dim=-1)[..., :per_class]
+        return s.index[classes[..., None], picks]
+
+    def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode:
+        rows = self.sample_rows(split, num_tasks, generator)
+        x = self.splits[split].images[rows].float().div_(255)  # [T, ways, per_class, C, H, W]
+        y = torch.arange(self.ways, device=self.device).view(1, -1, 1).expand_as(rows)
+
+        def take(part):
+            return (x[:, :, part].flatten(1, 2), y[:, :, part].flatten(1, 2))
+
+        return Episode(*take(slice(0, self.shots)), *take(slice(self.shots, None)))
+
+    def loss(self, prediction, target):
+        return F.cross_entropy(prediction, target) * self.loss_scale
+
+    def metric(self, prediction, target):
+        return (prediction.argmax(dim=-1) == target).float().mean()
+

@@ -1,0 +1,88 @@
+"""The episode sampler shared by every image family, on small generated splits."""
+
+import pytest
+import torch
+
+from maml_cli.errors import UserError
+from maml_cli.tasks.images import ImageTasks
+
+
+class Generated(ImageTasks):
+    """Classes of different sizes; each image's pixels encode its own row number."""
+
+    sizes = [7, 5, 9, 6, 8, 5]
+
+    def load_splits(self):
+        labels = torch.cat([torch.full((n,), c * 10) for c, n in enumerate(self.sizes)])
+        rows = torch.arange(len(labels))
+        images = torch.stack([rows % 256, rows // 256]).T.to(torch.uint8)[:, None, :, None]
+        return {s: (images.expand(-1, 1, 2, 3).clone(), labels) for s in ("train", "val", "test")}
+
+
+def class_of(tasks, split, rows):
+    """The class position of each image row, read back from the split's index."""
+    owner = torch.full((len(tasks.splits[split].images),), -1)
+    s = tasks.splits[split]
+    for c in range(s.num_classes):
+        owner[s.index[c, : s.counts[c]]] = c
+    return owner[rows]
+
+
+def test_rows_are_distinct_images_of_distinct_classes():
+    tasks = Generated(ways=3, shots=2, queries=3)
+    rows = tasks.sample_rows("train", 200, torch.Generator().manual_seed(0))
+    assert rows.shape == (200, 3, 5)
+    classes = class_of(tasks, "train", rows)
+    assert (classes == classes[..., :1]).all()  # one class per row of the task
+    assert all(len(set(classes[t, :, 0].tolist())) == 3 for t in range(200))
+    flat = rows.flatten(1)
+    assert all(len(set(flat[t].tolist())) == flat.shape[1] for t in range(200))  # no repeats
+    # Every class, and every image of the smallest classes, gets drawn.
+    assert set(classes.flatten().tolist()) == set(range(6))
+
+
+def test_episode_shapes_labels_and_per_task_label_shuffle():
+    tasks = Generated(ways=3, shots=2, queries=3, eval_queries=1)
+    generator = torch.Generator().manual_seed(1)
+    episode = tasks.sample("train", 50, generator)
+    assert episode.support_x.shape == (50, 6, 1, 2, 3) and episode.query_x.shape == (50, 9, 1, 2, 3)
+    assert episode.support_x.dtype == torch.float32 and episode.support_x.max() <= 1
+    for y, per_class in ((episode.support_y, 2), (episode.query_y, 3)):
+        assert torch.equal(torch.sort(y, dim=1).values,
+                           torch.arange(3).repeat_interleave(per_class).expand(50, -1))
+    # Support and query never share an image (pixels encode the row).
+    def rows(x):
+        pixels = (x[:, 0, :, 0] * 255).round().long()
+        return set((pixels[:, 0] + 256 * pixels[:, 1]).tolist())
+
+    for t in range(50):
+        assert not rows(episode.support_x[t]) & rows(episode.query_x[t])
+    assert tasks.sample("val", 4, generator).query_x.shape[1] == 3  # eval_queries per class
+    # The class behind label 0 changes from task to task.
+    first = class_of(tasks, "train", tasks.sample_rows("train", 100, generator)[:, 0, 0])
+    assert len(set(first.tolist())) > 3
+
+
+def test_sampling_depends_only_on_the_generator():
+    tasks = Generated(ways=2, shots=1, queries=1)
+    a = tasks.sample_rows("test", 10, torch.Generator().manual_seed(5))
+    b = tasks.sample_rows("test", 10, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_loss_scale_and_accuracy():
+    tasks = Generated(ways=2, shots=1, queries=1, loss_scale=2.0)
+    logits, target = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    torch.testing.assert_close(tasks.loss(logits, target),
+                               2 * torch.nn.functional.cross_entropy(logits, target))
+    assert tasks.metric(logits, target).item() == 0.5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ways": 7, "shots": 1, "queries": 1}, "task.ways=7 but the train split has only 6"),
+    ({"ways": 2, "shots": 3, "queries": 3}, "task.shots + queries = 6 but a class"),
+    ({"ways": 2, "shots": 1, "queries": 1, "eval_queries": 0}, "task.eval_queries must be >= 1"),
+])
+def test_impossible_episodes_are_clear_errors(kwargs, message):
+    with pytest.raises(UserError, match=message.replace("+", r"\+")):
+        Generated(**kwargs)
