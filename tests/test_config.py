@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -51,9 +53,10 @@ def test_out_of_range_values_name_the_key(override, key):
         validate(compose_train(override))
 
 
-def test_every_rule_names_a_key_of_the_default_config():
-    cfg = compose_train()
-    assert all(OmegaConf.select(cfg, key) is not None for key, _, _ in RULES)
+def test_every_rule_names_a_real_key():
+    configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"))
+    for key, _, _ in RULES:
+        assert any(OmegaConf.select(cfg, key) is not None for cfg in configs), key
 
 
 def test_from_checkpoint_keeps_stored_config_and_applies_explicit_overrides():
@@ -77,3 +80,35 @@ def test_paper_preset_composes():
     cfg = compose_train("+experiment=sinusoid_paper")
     assert cfg.trainer.iterations == 70000 and cfg.trainer.meta_batch_size == 25
     validate(cfg)
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_preset_composes_and_validates(name):
+    validate(compose_train(f"+experiment={name}"))
+
+
+@pytest.mark.parametrize("name, ways, shots, batch, lr, steps, first_order", [
+    ("omniglot_5w1s", 5, 1, 32, 0.4, 1, False),
+    ("omniglot_5w5s", 5, 5, 32, 0.4, 1, False),
+    ("omniglot_20w1s", 20, 1, 16, 0.1, 5, False),
+    ("omniglot_20w5s", 20, 5, 16, 0.1, 5, False),
+    ("miniimagenet_5w1s", 5, 1, 4, 0.01, 5, False),
+    ("miniimagenet_5w5s", 5, 5, 2, 0.01, 5, False),
+    ("miniimagenet_5w1s_fomaml", 5, 1, 4, 0.01, 5, True),
+    ("miniimagenet_5w5s_fomaml", 5, 5, 2, 0.01, 5, True),
+])
+def test_paper_presets_carry_the_papers_hyperparameters(name, ways, shots, batch, lr, steps,
+                                                        first_order):
+    cfg = compose_train(f"+experiment={name}")
+    assert (cfg.task.ways, cfg.task.shots, cfg.trainer.meta_batch_size) == (ways, shots, batch)
+    assert (cfg.inner.lr, cfg.inner.steps, cfg.inner.eval_steps) == (lr, steps, 10)
+    assert cfg.algorithm.first_order is first_order
+    assert cfg.task.loss_scale == ways  # the reference code's loss: ways x mean cross-entropy
+    assert cfg.model._target_.endswith("Conv4")
+    if name.startswith("miniimagenet"):
+        assert (cfg.model.filters, cfg.model.downsample, cfg.task.queries) == (32, "maxpool", 15)
+    else:
+        assert (cfg.model.filters, cfg.model.downsample) == (64, "stride")

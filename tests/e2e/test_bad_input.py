@@ -52,3 +52,16 @@ def test_eval_rejects_bad_checkpoints(tmp_path):
 def test_eval_refuses_to_swap_a_group_of_the_checkpoint(trained_run, tmp_path):
     proc = run_cli("maml-eval", f"checkpoint={trained_run}", "algorithm=fomaml", cwd=tmp_path)
     assert_one_line_error(proc, "algorithm= cannot change", "maml-eval")
+
+
+def test_missing_datasets_are_one_line_errors(tmp_path):
+    import os
+
+    env = {**os.environ, "MAML_DATA_ROOT": str(tmp_path / "nowhere"),
+           "MAML_CACHE_DIR": str(tmp_path / "cache")}
+    for task, message in (("omniglot", "Omniglot not found under"),
+                          ("mnist", "MNIST not found under"),
+                          ("miniimagenet", "mini-ImageNet not found")):
+        proc = run_cli("maml-train", f"task={task}", "model=conv4", "hydra.run.dir=run",
+                       cwd=tmp_path, env=env)
+        assert_one_line_error(proc, message, "maml-train")

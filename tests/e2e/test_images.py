@@ -1,0 +1,50 @@
+"""Image classification through the real console scripts, on the real Omniglot and MNIST."""
+
+import json
+
+import torch
+
+from tests.helpers import ok, run_cli
+
+
+def evaluate(run_dir, cwd, env, *args):
+    ok(run_cli("maml-eval", f"checkpoint={run_dir}/checkpoints/last.pt", *args, cwd=cwd, env=env))
+    report = json.loads((run_dir / "checkpoints" / "eval.json").read_text())
+    return {r["steps"]: r["mean"] for r in report["results"]}, report
+
+
+def test_omniglot_5way_1shot_learns_well_above_chance(tmp_path, data_env):
+    """A CI-sized MAML run (second order, 120 meta-iterations of 8 tasks)."""
+    common = ["+experiment=omniglot_5w1s", "trainer.meta_batch_size=8", "trainer.val_every=60",
+              "trainer.val_tasks=50", "inner.eval_steps=3"]
+    ok(run_cli("maml-train", *common, "trainer.iterations=120", "hydra.run.dir=trained",
+               cwd=tmp_path, env=data_env))
+    ok(run_cli("maml-train", *common, "trainer.iterations=0", "hydra.run.dir=untrained",
+               cwd=tmp_path, env=data_env))
+    trained, report = evaluate(tmp_path / "trained", tmp_path, data_env, "eval.tasks=200")
+    untrained, _ = evaluate(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=200")
+    assert report["metric"] == "accuracy" and report["split"] == "test"
+    assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
+    assert abs(trained[0] - 0.2) < 0.05  # before adaptation, labels are a coin toss
+    assert trained[3] > 0.6 and trained[3] > untrained[3] + 0.1, (trained, untrained)
+    state = torch.load(tmp_path / "trained/checkpoints/last.pt", weights_only=True)
+    assert state["model"]["14.weight"].shape == (5, 64)  # the head is sized to task.ways
+    assert state["config"]["task"]["loss_scale"] == 5
+
+
+def test_mnist_train_and_eval(tmp_path, data_env):
+    ok(run_cli("maml-train", "+experiment=mnist_fomaml", "trainer.iterations=20",
+               "trainer.val_every=10", "trainer.val_tasks=10", "hydra.run.dir=run",
+               cwd=tmp_path, env=data_env))
+    steps, report = evaluate(tmp_path / "run", tmp_path, data_env, "eval.tasks=30",
+                             "inner.eval_steps=2")
+    assert report["tasks"] == 30 and set(steps) == {0, 1, 2}
+    assert all(0 <= v <= 1 for v in steps.values())
+
+
+def test_conv4_on_mnist_runs_both_engines(tmp_path, data_env):
+    for engine in ("loop", "vmap"):
+        ok(run_cli("maml-train", "task=mnist", "model=conv4", "model.filters=8",
+                   f"engine={engine}", "trainer.iterations=3", "trainer.val_every=3",
+                   "trainer.val_tasks=4", "inner.eval_steps=1", f"hydra.run.dir={engine}",
+                   cwd=tmp_path, env=data_env))
