@@ -37,7 +37,7 @@ def make(group: str, node: DictConfig, **kwargs):
 
 
 def build(cfg: DictConfig) -> Run:
-    device = resolve_device(cfg.device.name)
+    device = resolve_device(cfg.device.name, cfg.device.threads)
     task = make("task", cfg.task, device=device, data=cfg.data)
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
     model = model.to(device)

@@ -57,6 +57,9 @@ class DataConfig:
 @dataclass
 class DeviceConfig:
     name: str = "auto"
+    # CPU threads for torch (null: torch's default, one per core). Jobs that share a CPU,
+    # such as parallel sweep jobs, run much faster with threads=1 each.
+    threads: int | None = None
 
 
 @dataclass
@@ -104,6 +107,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("seed", ">= 0", lambda v: v >= 0),
     ("engine", f"one of {', '.join(ENGINES)}", lambda v: v in ENGINES),
     ("device.name", f"one of {', '.join(DEVICES)}", lambda v: v in DEVICES),
+    ("device.threads", ">= 1, or null for torch's default", lambda v: v >= 1),
     ("inner.lr", "> 0", _positive),
     ("inner.steps", ">= 0", lambda v: v >= 0),
     ("inner.eval_steps", ">= 0", lambda v: v >= 0),

@@ -5,8 +5,10 @@ import torch
 from maml_cli.errors import UserError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, threads: int | None = None) -> torch.device:
     """`auto` takes CUDA, then MPS, then the CPU; an explicit choice must exist here."""
+    if threads:
+        torch.set_num_threads(threads)
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
