@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +22,23 @@ from maml_cli.tracking import Tracker, flatten, log, print_table, progress
 # Validation tasks come from their own stream, fixed per run seed, so every validation of a run
 # sees the same tasks and never the training stream's.
 VAL_SEED_OFFSET = 7_919
+
+
+@contextmanager
+def stop_requests():
+    """SIGINT / SIGTERM set a flag (the signal number) instead of killing the loop mid-step,
+    so the current iteration finishes and a checkpoint is written before exiting."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+    previous = {s: signal.signal(s, lambda signum, _: requested.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Trainer:
@@ -85,7 +105,7 @@ class Trainer:
         tracker = Tracker(self.run_dir / "tb")
         started, sums, window_start, window_iters = time.perf_counter(), {}, time.perf_counter(), 0
         last: dict[str, float] = {}
-        with progress("meta-train") as bar:
+        with progress("meta-train") as bar, stop_requests() as stop:
             task = bar.add_task("train", total=tc.iterations, completed=self.iteration, status="")
             if tc.val_every and self.iteration == 0:
                 self.untrained = self.validate(tracker)
@@ -121,6 +141,8 @@ class Trainer:
                     self.validate(tracker)
                 if tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0:
                     self.save(f"iter_{self.iteration:07d}.pt", "last.pt")
+                if stop:
+                    self._stop(stop[0], tracker)
         self.save("last.pt")
         result = self.best if self.best is not None else last.get("loss_post", math.nan)
         tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
@@ -129,6 +151,14 @@ class Trainer:
         tracker.close()
         self._summary(time.perf_counter() - started, last)
         return result
+
+    def _stop(self, signum: int, tracker: Tracker) -> None:
+        self.save("last.pt")
+        tracker.close()
+        log.warning("stopped by %s after iteration %d; checkpoint %s; continue with: "
+                    "maml-train resume=%s", signal.Signals(signum).name, self.iteration,
+                    self.run_dir / "checkpoints" / "last.pt", self.run_dir)
+        raise SystemExit(128 + signum)
 
     def _check_finite(self, values: dict[str, float]) -> None:
         if not all(math.isfinite(v) for v in values.values()):

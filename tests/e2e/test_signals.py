@@ -1,0 +1,37 @@
+"""SIGINT / SIGTERM: the current iteration finishes, a checkpoint is written, the exit code
+says which signal, and the run continues from there."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from tests.helpers import BIN, ok, run_cli
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path, signum):
+    proc = subprocess.Popen(
+        [str(BIN / "maml-train"), "trainer.iterations=1000000", "trainer.val_every=0",
+         "trainer.log_every=10", "hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "run" / "tb").glob("events.*")):  # the loop has started
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, (out, err)
+    assert "Traceback" not in out + err
+    log = (tmp_path / "run" / "maml-train.log").read_text()
+    assert f"stopped by {signum.name}" in log and f"maml-train resume={tmp_path / 'run'}" in log
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    stopped_at = state["iteration"]
+    assert 0 < stopped_at < 1000000
+    ok(run_cli("maml-train", "resume=run", f"trainer.iterations={stopped_at + 5}",
+               "hydra.run.dir=resumed", cwd=tmp_path))
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    assert resumed["iteration"] == stopped_at + 5
