@@ -6,7 +6,7 @@ import torch
 from tests.helpers import run_cli
 
 TRAIN_CASES = [
-    (["task=nope"], "unknown task 'nope' (choose from: sinusoid)"),
+    (["task=nope"], "unknown task 'nope' (choose from: miniimagenet, mnist, omniglot, sinusoid)"),
     (["algorithm=maml,nope"], "unknown algorithm 'nope'"),
     (["inner.lr=-0.1"], "inner.lr must be > 0 (got -0.1)"),
     (["outer.lr=0"], "outer.lr must be > 0"),
