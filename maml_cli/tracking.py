@@ -37,7 +37,10 @@ class Tracker:
         # run_name="." keeps the hparams summary in this run's own event dir.
         self.writer.add_hparams(hparams, metrics, run_name=".")
 
-    def close(self) -> None:
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.writer.close()
 
 

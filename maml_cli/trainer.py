@@ -102,10 +102,11 @@ class Trainer:
         cfg, run = self.cfg, self.run
         tc, name = cfg.trainer, run.task.metric_name
         params, buffers = dict(run.model.named_parameters()), dict(run.model.named_buffers())
-        tracker = Tracker(self.run_dir / "tb")
         started, sums, window_start, window_iters = time.perf_counter(), {}, time.perf_counter(), 0
         last: dict[str, float] = {}
-        with progress("meta-train") as bar, stop_requests() as stop:
+        # The tracker closes (flushing its events) on every way out, errors and signals too.
+        with Tracker(self.run_dir / "tb") as tracker, progress("meta-train") as bar, \
+                stop_requests() as stop:
             task = bar.add_task("train", total=tc.iterations, completed=self.iteration, status="")
             if tc.val_every and self.iteration == 0:
                 self.untrained = self.validate(tracker)
@@ -142,19 +143,17 @@ class Trainer:
                 if tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0:
                     self.save(f"iter_{self.iteration:07d}.pt", "last.pt")
                 if stop:
-                    self._stop(stop[0], tracker)
-        self.save("last.pt")
-        result = self.best if self.best is not None else last.get("loss_post", math.nan)
-        tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
-                        {f"hparam/val_{name}_best": result,
-                         "hparam/train_query_loss_post": last.get("loss_post", math.nan)})
-        tracker.close()
+                    self._stop(stop[0])
+            self.save("last.pt")
+            result = self.best if self.best is not None else last.get("loss_post", math.nan)
+            tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
+                            {f"hparam/val_{name}_best": result,
+                             "hparam/train_query_loss_post": last.get("loss_post", math.nan)})
         self._summary(time.perf_counter() - started, last)
         return result
 
-    def _stop(self, signum: int, tracker: Tracker) -> None:
+    def _stop(self, signum: int) -> None:
         self.save("last.pt")
-        tracker.close()
         log.warning("stopped by %s after iteration %d; checkpoint %s; continue with: "
                     "maml-train resume=%s", signal.Signals(signum).name, self.iteration,
                     self.run_dir / "checkpoints" / "last.pt", self.run_dir)
@@ -165,8 +164,8 @@ class Trainer:
             raise UserError(
                 f"the meta-loss became NaN or infinite by iteration {self.iteration} "
                 f"(learning rate too large? inner.lr={self.cfg.inner.lr}, "
-                f"outer.lr={self.cfg.outer.lr}); the checkpoints in "
-                f"{self.run_dir / 'checkpoints'} are from before it"
+                f"outer.lr={self.cfg.outer.lr}); nothing from after it was checkpointed "
+                f"(any checkpoints in {self.run_dir / 'checkpoints'} predate it)"
             )
 
     def _summary(self, seconds: float, last: dict[str, float]) -> None:

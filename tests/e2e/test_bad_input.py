@@ -35,6 +35,15 @@ def test_train_rejects_bad_input(tmp_path, args, message):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_diverging_run_stops_with_one_line_and_no_bad_checkpoint(tmp_path):
+    proc = run_cli("maml-train", "inner.lr=1e8", "trainer.log_every=5", "trainer.val_every=0",
+                   "trainer.checkpoint_every=5", "hydra.run.dir=run", cwd=tmp_path)
+    assert_one_line_error(proc, "the meta-loss became NaN or infinite by iteration 5",
+                          "maml-train")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
 def test_eval_rejects_bad_checkpoints(tmp_path):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
