@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from maml_cli.engine import STRATEGIES
 from maml_cli.errors import UserError
 
 
@@ -93,7 +94,7 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalRunConfig)
 
 
-ENGINES = ("auto", "vmap", "loop")
+ENGINES = ("auto", *STRATEGIES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -123,6 +124,8 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.shots", ">= 1", lambda v: v >= 1),
     ("task.queries", ">= 1", lambda v: v >= 1),
     ("task.ways", ">= 2", lambda v: v >= 2),
+    ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
+    ("task.image_size", ">= 8", lambda v: v >= 8),
 ]
 
 

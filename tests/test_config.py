@@ -48,10 +48,13 @@ def test_groups_are_the_documented_ones():
     ("task.queries=0", "task.queries"), ("eval.tasks=1", "eval.tasks"),
     ("engine=fast", "engine"), ("device.name=tpu", "device.name"), ("inner.lr=nan", "inner.lr"),
     ("device.threads=0", "device.threads"),
+    ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
+    ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
+    ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must be"):
-        validate(compose_train(override))
+        validate(compose_train(*override.split()))
 
 
 def test_every_rule_names_a_real_key():

@@ -58,8 +58,6 @@ class MiniImageNet(ImageTasks):
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, image_size: int = 84, loss_scale: float = 1.0,
                  device="cpu", data=None):
-        if image_size < 8:
-            raise UserError(f"task.image_size must be >= 8 (got {image_size})")
         self.image_size = image_size
         super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
 

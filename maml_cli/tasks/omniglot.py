@@ -85,8 +85,6 @@ class Omniglot(ImageTasks):
                  image_size: int = 28, loss_scale: float = 1.0, device="cpu", data=None):
         if not rotations or any(r % 90 for r in rotations) or len(set(rotations)) < len(rotations):
             raise UserError(f"task.rotations must be distinct multiples of 90 (got {rotations})")
-        if image_size < 8:
-            raise UserError(f"task.image_size must be >= 8 (got {image_size})")
         self.rotations, self.image_size = list(rotations), image_size
         super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
 
