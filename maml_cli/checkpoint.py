@@ -14,7 +14,7 @@ import torch
 from maml_cli import __version__
 from maml_cli.errors import UserError
 
-FORMAT = "maml-cli-checkpoint/1"
+FORMAT = "maml-cli-checkpoint/2"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -71,6 +71,10 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: "
                         f"{type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]) and found != FORMAT:
+        raise UserError(f"{path} was written by an incompatible maml-cli version "
+                        f"({state.get('version')}, {found}); this version reads {FORMAT}")
+    if found != FORMAT:
         raise UserError(f"{path} is not a maml-cli checkpoint (expected format {FORMAT})")
     return state

@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
+from maml_cli import jobs
 from maml_cli.config import config_dir, config_groups
 from maml_cli.errors import UserError
 
@@ -50,18 +53,33 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], No
         # lines; a user who set HYDRA_FULL_ERROR=1 gets Hydra's full report as usual.
         full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
+        failed: list[dict] = []
         try:
             hydra_main()
         except (HydraException, OmegaConfBaseException) as e:
             if full_report:
                 raise
             fail(prog, one_line(e))
+        except UserError:  # a sweep job's, handed on by Hydra after it recorded the failure
+            pass
+        except OSError as e:  # e.g. Hydra cannot create the run dir
+            fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        finally:
+            # A sweep's finished jobs keep their results; the summary says which ones failed.
+            if jobs.sweep_dir() is not None:
+                failed = jobs.summarize(jobs.sweep_dir())
+        if failed:
+            first = failed[0]
+            fail(prog, f"{len(failed)} sweep job(s) failed, first job {first['job']} "
+                       f"({' '.join(first['overrides'])}): {first['error']}; every job's "
+                       f"status is in {jobs.sweep_dir() / 'summary.csv'}")
 
     return cli
 
 
 def reports_errors(prog: str):
-    """Turn UserError raised inside a Hydra task function into one line and exit code 2."""
+    """A UserError inside a Hydra task function: one line and exit code 2 for a single run; in a
+    sweep it is raised on, so that Hydra records the job as failed and runs the others."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -69,6 +87,8 @@ def reports_errors(prog: str):
             try:
                 return fn(cfg)
             except UserError as e:
+                if HydraConfig.get().mode == RunMode.MULTIRUN:
+                    raise
                 fail(prog, e)
 
         return wrapper

@@ -29,7 +29,9 @@ class TrainerConfig:
     val_every: int = 1000
     val_tasks: int = 200
     checkpoint_every: int = 0  # 0: only last.pt and best.pt
+    keep_last: int = 0  # iter_*.pt checkpoints kept (the newest); 0 keeps all
     log_every: int = 50
+    nan_policy: str = "stop"  # stop | skip: what a NaN/inf meta-loss or meta-gradient does
 
 
 @dataclass
@@ -118,7 +120,9 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.val_every", ">= 0 (0 disables validation)", lambda v: v >= 0),
     ("trainer.val_tasks", ">= 1", lambda v: v >= 1),
     ("trainer.checkpoint_every", ">= 0 (0: only last.pt and best.pt)", lambda v: v >= 0),
+    ("trainer.keep_last", ">= 0 (0 keeps every iter_*.pt)", lambda v: v >= 0),
     ("trainer.log_every", ">= 1", lambda v: v >= 1),
+    ("trainer.nan_policy", "stop or skip", lambda v: v in ("stop", "skip")),
     ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
     ("eval.batch_size", ">= 1", lambda v: v >= 1),
     ("task.shots", ">= 1", lambda v: v >= 1),

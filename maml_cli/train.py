@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,7 +12,7 @@ from maml_cli import checkpoint
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
-from maml_cli.trainer import Trainer
+from maml_cli.trainer import Trainer, seed_all
 
 register_configs()
 
@@ -31,7 +30,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # The effective config (after resume) beside Hydra's own record of what was composed.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
     return Trainer(cfg, build(cfg), run_dir, resume).fit()
 
 

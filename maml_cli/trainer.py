@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 import signal
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +24,34 @@ from maml_cli.tracking import Tracker, flatten, log, print_table, progress
 # Validation tasks come from their own stream, fixed per run seed, so every validation of a run
 # sees the same tasks and never the training stream's.
 VAL_SEED_OFFSET = 7_919
+# Under trainer.nan_policy=skip, this many non-finite meta-batches in a row stop the run anyway:
+# then the meta-parameters themselves are broken, and skipping would spin forever.
+MAX_CONSECUTIVE_SKIPS = 20
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every random stream a run may draw from, in types a weights_only load accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextmanager
@@ -47,6 +77,10 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, run.model)
         self.generator = torch.Generator(run.device).manual_seed(cfg.seed)
         self.iteration, self.best, self.untrained = 0, None, None
+        self.skipped, self.consecutive_skips = 0, 0
+        # Iteration of the first non-finite loss or gradient (0: none), kept on the device so
+        # that checking costs no sync; it is read wherever the loop syncs anyway.
+        self.first_bad = torch.zeros((), dtype=torch.long, device=run.device)
         if resume is not None:
             self._restore(resume)
 
@@ -57,9 +91,10 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"checkpoint does not fit this model/optimizer: "
                             f"{str(e).splitlines()[0]}") from None
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(state["rng"])
         self.generator.set_state(state["rng"]["sampler"])
         self.iteration, self.best = state["iteration"], state["best"]
+        self.skipped = state["skipped"]
         log.info("resumed at iteration %d (best val %s so far: %s)", self.iteration,
                  self.run.task.metric_name, self.best)
 
@@ -68,16 +103,28 @@ class Trainer:
             "iteration": self.iteration,
             "model": self.run.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "sampler": self.generator.get_state()},
+            "rng": {**rng_state(), "sampler": self.generator.get_state()},
             "best": self.best,
+            "skipped": self.skipped,
             "metric": self.run.task.metric_name,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
     def save(self, *names: str) -> None:
-        state = self.state()
+        self._check_finite()
+        state, folder = self.state(), self.run_dir / "checkpoints"
         for name in names:
-            checkpoint.save(self.run_dir / "checkpoints" / name, state)
+            try:
+                checkpoint.save(folder / name, state)
+            except OSError as e:
+                raise UserError(f"cannot write checkpoint {folder / name}: {e.strerror or e} "
+                                f"(disk full or not writable?); the checkpoints already in "
+                                f"{folder} are intact") from None
+        keep = self.cfg.trainer.keep_last
+        if keep and any(n.startswith("iter_") for n in names):
+            # Only after the new one is safely on disk; last.pt and best.pt are never rotated.
+            for old in sorted(folder.glob("iter_*.pt"))[:-keep]:
+                old.unlink()
 
     def validate(self, tracker: Tracker) -> float:
         cfg, name = self.cfg, self.run.task.metric_name
@@ -112,33 +159,34 @@ class Trainer:
                 self.untrained = self.validate(tracker)
             while self.iteration < tc.iterations:
                 self.iteration += 1
-                episode = run.task.sample("train", tc.meta_batch_size, self.generator)
-                loss, metrics = run.engine.meta_loss(run.algorithm, params, buffers, episode,
-                                                     cfg.inner.steps)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                # Summed on the device; read back (a sync) only once per log window.
-                sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
-                window_iters += 1
+                metrics = self._step(params, buffers)
+                if metrics is not None:
+                    # Summed on the device; read back (a sync) only once per log window.
+                    sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
+                    window_iters += 1
                 final = self.iteration == tc.iterations
                 if self.iteration % tc.log_every == 0 or final:
-                    last = {k: (v / window_iters).item() for k, v in sums.items()}
-                    self._check_finite(last)
+                    self._check_finite()
                     elapsed = time.perf_counter() - window_start
-                    tracker.scalars(self.iteration, {
-                        "train/query_loss_pre": last["loss_pre"],
-                        "train/query_loss_post": last["loss_post"],
-                        f"train/query_{name}_pre": last["metric_pre"],
-                        f"train/query_{name}_post": last["metric_post"],
-                        "perf/tasks_per_s": window_iters * tc.meta_batch_size / elapsed,
-                        "lr/outer": self.optimizer.param_groups[0]["lr"],
-                        "lr/inner": cfg.inner.lr,
-                    })
-                    bar.update(task, completed=self.iteration,
-                               status=f"loss {last['loss_pre']:.3f} -> {last['loss_post']:.3f}")
+                    scalars = {"train/skipped_meta_batches": self.skipped,
+                               "lr/outer": self.optimizer.param_groups[0]["lr"],
+                               "lr/inner": cfg.inner.lr}
+                    if window_iters:
+                        last = {k: (v / window_iters).item() for k, v in sums.items()}
+                        scalars |= {
+                            "train/query_loss_pre": last["loss_pre"],
+                            "train/query_loss_post": last["loss_post"],
+                            f"train/query_{name}_pre": last["metric_pre"],
+                            f"train/query_{name}_post": last["metric_post"],
+                            "perf/tasks_per_s": window_iters * tc.meta_batch_size / elapsed,
+                        }
+                        bar.update(task, status=f"loss {last['loss_pre']:.3f} -> "
+                                                f"{last['loss_post']:.3f}")
+                    tracker.scalars(self.iteration, scalars)
+                    bar.update(task, completed=self.iteration)
                     sums, window_start, window_iters = {}, time.perf_counter(), 0
                 if tc.val_every and (self.iteration % tc.val_every == 0 or final):
+                    self._check_finite()
                     self.validate(tracker)
                 if tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0:
                     self.save(f"iter_{self.iteration:07d}.pt", "last.pt")
@@ -152,6 +200,31 @@ class Trainer:
         self._summary(time.perf_counter() - started, last)
         return result
 
+    def _step(self, params, buffers) -> dict | None:
+        """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""
+        cfg, run = self.cfg, self.run
+        episode = run.task.sample("train", cfg.trainer.meta_batch_size, self.generator)
+        loss, metrics = run.engine.meta_loss(run.algorithm, params, buffers, episode,
+                                             cfg.inner.steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if cfg.trainer.nan_policy == "skip":
+            if not finite.item():  # a sync per iteration: the price of choosing to skip
+                self.skipped += 1
+                self.consecutive_skips += 1
+                if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    self.first_bad.fill_(self.iteration)
+                    self._check_finite()
+                return None
+            self.consecutive_skips = 0
+        else:
+            self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad,
+                                         self.iteration)
+        self.optimizer.step()
+        return metrics
+
     def _stop(self, signum: int) -> None:
         self.save("last.pt")
         log.warning("stopped by %s after iteration %d; checkpoint %s; continue with: "
@@ -159,14 +232,22 @@ class Trainer:
                     self.run_dir / "checkpoints" / "last.pt", self.run_dir)
         raise SystemExit(128 + signum)
 
-    def _check_finite(self, values: dict[str, float]) -> None:
-        if not all(math.isfinite(v) for v in values.values()):
-            raise UserError(
-                f"the meta-loss became NaN or infinite by iteration {self.iteration} "
-                f"(learning rate too large? inner.lr={self.cfg.inner.lr}, "
-                f"outer.lr={self.cfg.outer.lr}); nothing from after it was checkpointed "
-                f"(any checkpoints in {self.run_dir / 'checkpoints'} predate it)"
-            )
+    def _check_finite(self) -> None:
+        """Stop before anything computed from a non-finite meta-gradient is logged or saved."""
+        bad = int(self.first_bad)
+        if not bad:
+            return
+        skipping = self.cfg.trainer.nan_policy == "skip"
+        folder = self.run_dir / "checkpoints"
+        kept = (f"the checkpoints in {folder} predate it" if any(folder.glob("*.pt"))
+                else "no checkpoint was written")
+        raise UserError(
+            f"the meta-loss or its gradient was NaN or infinite at iteration {bad}"
+            f"{f' and the {MAX_CONSECUTIVE_SKIPS - 1} before it' if skipping else ''} "
+            f"(learning rate too large? inner.lr={self.cfg.inner.lr}, "
+            f"outer.lr={self.cfg.outer.lr}); {kept}"
+            f"{'' if skipping else '; trainer.nan_policy=skip would skip such meta-batches'}"
+        )
 
     def _summary(self, seconds: float, last: dict[str, float]) -> None:
         name = self.run.task.metric_name

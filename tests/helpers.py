@@ -16,3 +16,20 @@ def run_cli(script: str, *args: str, cwd: Path, timeout: float = 300, env=None):
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+INJECT = Path(__file__).parent / "reliability" / "inject.py"
+
+
+def with_fault(fault: str, *args: str, cwd: Path, timeout: float = 300):
+    """maml-train in a subprocess with a fault injected (see tests/reliability/inject.py)."""
+    return subprocess.run([sys.executable, str(INJECT), fault, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, message: str, prog: str = "maml-train") -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr

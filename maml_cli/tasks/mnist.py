@@ -39,9 +39,9 @@ class MNIST(ImageTasks):
                 files[official_train] = TorchvisionMNIST(str(root), train=official_train,
                                                          download=bool(self.data.download))
             except RuntimeError as e:
-                raise UserError(f"MNIST not found under {root}/MNIST/raw ({e}); set data.root or "
-                                "MAML_DATA_ROOT to the folder holding mnist/, or add "
-                                "data.download=true") from None
+                raise UserError(f"MNIST missing or unreadable under {root}/MNIST/raw ({e}); "
+                                "set data.root or MAML_DATA_ROOT to the folder holding mnist/, "
+                                "or add data.download=true") from None
         splits = {}
         for split, classes in self.classes.items():
             source = files[split != "test"]

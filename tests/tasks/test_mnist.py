@@ -48,5 +48,5 @@ def test_overlapping_class_sets_are_rejected(data_config):
 
 def test_missing_files_are_a_clear_error(tmp_path):
     data = OmegaConf.create({"root": str(tmp_path), "download": False, "cache_dir": str(tmp_path)})
-    with pytest.raises(UserError, match=r"MNIST not found under .*data.download=true"):
+    with pytest.raises(UserError, match=r"MNIST missing or unreadable under .*data.download=true"):
         MNIST(data=data)
