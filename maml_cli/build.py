@@ -45,7 +45,7 @@ def build(cfg: DictConfig) -> Run:
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
         lr=cfg.inner.lr,
     )
-    return Run(device, task, model, algorithm, Engine(choose_strategy(cfg.engine, model)))
+    return Run(device, task, model, algorithm, Engine(choose_strategy(cfg.engine, model, device)))
 
 
 def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -161,7 +161,7 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     groups = config_groups()
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key in groups:
+        if key in groups and key not in _FROM_COMMAND:
             raise UserError(
                 f"{key}= cannot change when continuing from a checkpoint: its own {key} config is "
                 f"used (override single keys instead, e.g. {key}.<name>=...)"

@@ -1,9 +1,11 @@
 """How a meta-batch is executed: the algorithm's per-task function mapped over the task dimension.
 
 `vmap` runs all tasks as one batched computation (torch.func.vmap); `loop` runs them one after
-another. `auto` picks vmap for models without convolutions or batch norm (measured on the sinusoid
-MLP: several times faster than the loop) and the loop otherwise (vmap over conv nets is slower on
-CPU and its second-order gradients through nn.BatchNorm are wrong).
+another. `auto` picks from what benchmarks/bench.py measured (docs/performance.md): vmap on CUDA
+(conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
+sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower. Models
+with torch's own batch norm always get the loop: its second-order gradients under vmap are wrong
+(conv4's hand-written batch norm is exact under both).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from maml_cli.episode import Episode
 STRATEGIES = ("vmap", "loop")
 
 
-def choose_strategy(name: str, model: nn.Module) -> str:
+def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
     if name != "auto":
         return name
-    batched_unfriendly = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase)
-    return "loop" if any(isinstance(m, batched_unfriendly) for m in model.modules()) else "vmap"
+    if any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules()):
+        return "loop"
+    if device.type == "cuda":
+        return "vmap"
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return "loop" if convolutional else "vmap"
 
 
 def _stack(outputs: list):

@@ -3,14 +3,19 @@ from torch import nn
 
 from maml_cli.device import resolve_device
 from maml_cli.engine import choose_strategy
+from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
 
 
-def test_auto_vectorizes_mlps_and_loops_over_conv_or_batchnorm_nets():
-    assert choose_strategy("auto", MLP((1,), 1)) == "vmap"
-    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
-    assert choose_strategy("auto", conv) == "loop"
-    assert choose_strategy("loop", MLP((1,), 1)) == "loop"
+def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mlp, conv = MLP((1,), 1), Conv4((1, 28, 28), 5)
+    assert choose_strategy("auto", mlp, cpu) == choose_strategy("auto", mlp, cuda) == "vmap"
+    assert choose_strategy("auto", conv, cpu) == "loop"
+    assert choose_strategy("auto", conv, cuda) == "vmap"
+    torch_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    assert choose_strategy("auto", torch_bn, cuda) == "loop"
+    assert choose_strategy("loop", mlp, cuda) == "loop"
 
 
 def test_device_threads_sets_torchs_cpu_threads():
