@@ -12,6 +12,7 @@ from maml_cli import checkpoint
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
+from maml_cli.errors import UserError
 from maml_cli.trainer import Trainer, seed_all
 
 register_configs()
@@ -28,6 +29,9 @@ def main(cfg: DictConfig) -> float:
         cfg = from_checkpoint(resume["config"], cfg, list(hydra_cfg.overrides.task))
     validate(cfg)
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        raise UserError(f"{run_dir} already holds an earlier run's checkpoints; give this run "
+                        f"its own hydra.run.dir (or continue that run: resume={run_dir})")
     # The effective config (after resume) beside Hydra's own record of what was composed.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_all(cfg.seed)

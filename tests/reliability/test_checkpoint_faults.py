@@ -98,3 +98,13 @@ def test_damaged_foreign_and_mismatched_checkpoints_are_one_line_errors(trained_
     # A checkpoint of another task or model is refused rather than silently rebuilt.
     assert_one_line_error(run_cli("maml-train", f"resume={trained_run}", "task=omniglot",
                                   "hydra.run.dir=run", cwd=tmp_path), "task= cannot change")
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
+    ok(run_cli("maml-train", "trainer.iterations=4", "trainer.val_every=2", "trainer.val_tasks=5",
+               "hydra.run.dir=run", cwd=tmp_path))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    proc = run_cli("maml-train", "trainer.iterations=8", "hydra.run.dir=run", cwd=tmp_path)
+    assert_one_line_error(proc, "already holds an earlier run's checkpoints; give this run its "
+                                f"own hydra.run.dir (or continue that run: resume={tmp_path}/run)")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()} == before
