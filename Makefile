@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= outputs/$(shell date +%Y-%m-%d)/$(shell date +%H-%M-%S)-default
 
-.PHONY: install train eval test lint clean
+.PHONY: install train eval test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ eval: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+## bench: maml-cli's engine against higher and a naive loop (docs/performance.md), ~6 min on 2 cores
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py --out benchmarks/results/latest.json $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

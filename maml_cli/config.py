@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from maml_cli import schemas
 from maml_cli.engine import STRATEGIES
 from maml_cli.errors import UserError
 
@@ -94,6 +95,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
+    schemas.register()
 
 
 ENGINES = ("auto", *STRATEGIES)

@@ -40,21 +40,37 @@ def test_groups_are_the_documented_ones():
         "algorithm", "device", "experiment", "inner", "model", "outer", "task"]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("inner.lr=-0.1", "inner.lr"), ("inner.lr=0", "inner.lr"), ("outer.lr=-1", "outer.lr"),
-    ("inner.steps=-1", "inner.steps"), ("inner.eval_steps=-2", "inner.eval_steps"),
-    ("trainer.meta_batch_size=0", "trainer.meta_batch_size"),
-    ("trainer.iterations=-5", "trainer.iterations"), ("task.shots=0", "task.shots"),
-    ("task.queries=0", "task.queries"), ("eval.tasks=1", "eval.tasks"),
-    ("engine=fast", "engine"), ("device.name=tpu", "device.name"), ("inner.lr=nan", "inner.lr"),
+OUT_OF_RANGE = [
+    ("seed=-1", "seed"), ("engine=fast", "engine"), ("device.name=tpu", "device.name"),
     ("device.threads=0", "device.threads"),
+    ("inner.lr=-0.1", "inner.lr"), ("inner.lr=0", "inner.lr"), ("inner.lr=nan", "inner.lr"),
+    ("inner.steps=-1", "inner.steps"), ("inner.eval_steps=-2", "inner.eval_steps"),
+    ("outer.lr=-1", "outer.lr"),
+    ("trainer.iterations=-5", "trainer.iterations"),
+    ("trainer.meta_batch_size=0", "trainer.meta_batch_size"),
+    ("trainer.val_every=-1", "trainer.val_every"), ("trainer.val_tasks=0", "trainer.val_tasks"),
+    ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
+    ("trainer.keep_last=-1", "trainer.keep_last"), ("trainer.log_every=0", "trainer.log_every"),
+    ("trainer.nan_policy=ignore", "trainer.nan_policy"),
+    ("eval.tasks=1", "eval.tasks"), ("eval.batch_size=0", "eval.batch_size"),
+    ("task.shots=0", "task.shots"), ("task.queries=0", "task.queries"),
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
-])
+]
+
+
+@pytest.mark.parametrize("override, key", OUT_OF_RANGE)
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must be"):
         validate(compose_train(*override.split()))
+
+
+def test_every_rule_is_tried_and_documented():
+    keys = [key for key, _, _ in RULES]
+    assert {key for _, key in OUT_OF_RANGE} == set(keys)
+    docs = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
+    assert [key for key in keys if f"`{key}`" not in docs] == []
 
 
 def test_every_rule_names_a_real_key():

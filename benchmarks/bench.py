@@ -1,0 +1,301 @@
+"""make bench: maml-cli's meta-batch engine against what users would write instead.
+
+Every implementation computes the meta-gradient of one meta-batch of synthetic data of the
+real shapes, from the same model and data. They are timed in one process, alternating, after a
+warm-up, and the median is reported; the warm-up run also gives each one's peak memory and its
+meta-gradient's distance to a float64 reference.
+
+    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import higher
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from maml_cli.algorithms.maml import MAML
+from maml_cli.engine import STRATEGIES, Engine, choose_strategy
+from maml_cli.episode import Episode
+from maml_cli.models.conv4 import Conv4
+from maml_cli.models.mlp import MLP
+
+
+@dataclass
+class Workload:
+    description: str
+    tasks: int
+    steps: int
+    lr: float
+    ways: int = 0  # 0: sinusoid regression
+    shots: int = 10
+    queries: int = 10  # per class for classification
+    repeats: int = 3
+
+    def model(self) -> torch.nn.Module:
+        if not self.ways:
+            return MLP((1,), 1, hidden=(40, 40))
+        return Conv4((1, 28, 28), self.ways, filters=64)
+
+    def loss(self, prediction, target):
+        return F.cross_entropy(prediction, target) if self.ways else F.mse_loss(prediction, target)
+
+    def episode(self, device, generator) -> Episode:
+        t = self.tasks
+        if not self.ways:
+            amplitude = 0.1 + 4.9 * torch.rand(t, 1, 1, generator=generator, device=device)
+            phase = torch.pi * torch.rand(t, 1, 1, generator=generator, device=device)
+            xs = [-5 + 10 * torch.rand(t, n, 1, generator=generator, device=device)
+                  for n in (self.shots, self.queries)]
+            ys = [amplitude * torch.sin(x - phase) for x in xs]
+            return Episode(xs[0], ys[0], xs[1], ys[1])
+        labels = torch.arange(self.ways, device=device)
+        parts = []
+        for per_class in (self.shots, self.queries):
+            n = self.ways * per_class
+            parts.append(torch.rand(t, n, 1, 28, 28, generator=generator, device=device))
+            parts.append(labels.repeat_interleave(per_class).expand(t, n).contiguous())
+        return Episode(*parts)
+
+
+WORKLOADS = {
+    "W1": Workload("sinusoid MLP 1-40-40-1, 25 tasks, 10+10 points, 1 step", 25, 1, 0.01,
+                   repeats=50),
+    "W2": Workload("Omniglot 5-way 1-shot conv4, 32 tasks, 15 queries/class, 1 step",
+                   32, 1, 0.4, ways=5, shots=1, queries=15),
+    "W3": Workload("Omniglot 20-way 1-shot conv4, 16 tasks, 15 queries/class, 5 steps",
+                   16, 5, 0.1, ways=20, shots=1, queries=15, repeats=2),
+}
+
+
+# Each implementation leaves the meta-gradient (mean query loss over tasks) in .grad.
+
+def naive_loop(w: Workload, model, ep: Episode, first_order: bool) -> None:
+    """A per-task autograd loop as tutorials write it, one backward per task."""
+    params = dict(model.named_parameters())
+    for t in range(ep.num_tasks):
+        fast = params
+        for _ in range(w.steps):
+            loss = w.loss(functional_call(model, fast, (ep.support_x[t],)), ep.support_y[t])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {k: p - w.lr * g for (k, p), g in zip(fast.items(), grads)}
+        query = w.loss(functional_call(model, fast, (ep.query_x[t],)), ep.query_y[t])
+        (query / ep.num_tasks).backward()
+
+
+def with_higher(w: Workload, model, ep: Episode, first_order: bool) -> None:
+    """facebookresearch/higher's documented MAML loop; first order by its own switch."""
+    inner = torch.optim.SGD(model.parameters(), lr=w.lr)
+    for t in range(ep.num_tasks):
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
+                                  track_higher_grads=not first_order) as (fmodel, diffopt):
+            for _ in range(w.steps):
+                diffopt.step(w.loss(fmodel(ep.support_x[t]), ep.support_y[t]))
+            query = w.loss(fmodel(ep.query_x[t]), ep.query_y[t]) / ep.num_tasks
+            if first_order:  # adapted weights are detached: carry their gradient over
+                grads = torch.autograd.grad(query, list(fmodel.parameters()))
+                for p, g in zip(model.parameters(), grads):
+                    p.grad = g if p.grad is None else p.grad + g
+            else:
+                query.backward()
+
+
+def maml_cli(strategy: str, w: Workload, model, ep: Episode, first_order: bool) -> None:
+    algorithm = MAML(model, w.loss, w.loss, w.lr, first_order)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    loss, _ = Engine(strategy).meta_loss(algorithm, params, buffers, ep, w.steps)
+    loss.backward()
+
+
+def implementations(model, device) -> dict:
+    auto = choose_strategy("auto", model, device)
+    impls = {"naive loop": naive_loop, "higher": with_higher}
+    impls |= {f"maml-cli {s}{' (= auto)' if s == auto else ''}": partial(maml_cli, s)
+              for s in STRATEGIES}
+    return impls
+
+
+class PeakMemory:
+    """Peak memory above the starting point while the block runs: CUDA allocations, or the
+    process's resident set sampled every millisecond on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start, self.running = self._rss(), True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss() - self.start)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.running = False
+            self.thread.join()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def meta_grad(fn, w, model, ep, first_order) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    fn(w, model, ep, first_order)
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def conv_floor(w: Workload, model, ep: Episode, device) -> tuple[float, float]:
+    """(FLOPs of one second-order meta-iteration, the best FLOP/s this hardware reached on the
+    same network's plain forward and backward, batched per task or over the whole meta-batch):
+    their ratio is a time no implementation of the meta-iteration can beat here."""
+    with FlopCounterMode(display=False) as counter:
+        meta_grad(naive_loop, w, model, ep, first_order=False)
+    flops = counter.get_total_flops()
+    images = torch.cat([ep.support_x, ep.query_x], dim=1)  # [tasks, images per task, ...]
+    rates = []
+    for batches in (list(images), [images.flatten(0, 1)]):
+        def dense(batches=batches):
+            model.zero_grad(set_to_none=True)
+            for batch in batches:
+                model(batch).square().mean().backward()
+
+        with FlopCounterMode(display=False) as counter:
+            dense()
+        dense()
+        sync(device)
+        runs, start = 3, time.perf_counter()
+        for _ in range(runs):
+            dense()
+        sync(device)
+        rates.append(counter.get_total_flops() * runs / (time.perf_counter() - start))
+    return flops, max(rates)
+
+
+def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> dict:
+    generator = torch.Generator(device).manual_seed(0)
+    torch.manual_seed(0)
+    model, ep = w.model().to(device), w.episode(device, generator)
+    reference_model = w.model().double().to(device)
+    reference_model.load_state_dict(model.state_dict())
+    reference_ep = Episode(*(t.double() if t.is_floating_point() else t for t in ep.tensors()))
+    reference = meta_grad(naive_loop, w, reference_model, reference_ep, first_order)
+    impls, rows = implementations(model, device), {}
+    for label, fn in impls.items():  # warm-up, memory, correctness
+        with PeakMemory(device) as memory:
+            g = meta_grad(fn, w, model, ep, first_order)
+        error = ((g.double() - reference).norm() / reference.norm()).item()
+        rows[label] = {"times": [], "peak_mb": memory.peak / 2**20, "grad_rel_error": error}
+    for _ in range(w.repeats):  # alternating, so drifts in clock or load hit all alike
+        for label, fn in impls.items():
+            model.zero_grad(set_to_none=True)
+            sync(device)
+            start = time.perf_counter()
+            fn(w, model, ep, first_order)
+            sync(device)
+            rows[label]["times"].append(time.perf_counter() - start)
+    for row in rows.values():
+        row["ms"] = 1000 * statistics.median(row["times"])
+    for row in rows.values():
+        row["x_naive"] = rows["naive loop"]["ms"] / row["ms"]
+        row["x_higher"] = rows["higher"]["ms"] / row["ms"]
+    result = {"workload": name, "description": w.description,
+              "order": "first" if first_order else "second", "rows": rows}
+    if w.ways and not first_order:
+        flops, rate = conv_floor(w, model, ep, device)
+        result |= {"gflop": flops / 1e9, "dense_gflop_per_s": rate / 1e9,
+                   "floor_ms": 1000 * flops / rate}
+        for row in rows.values():
+            row["of_floor"] = result["floor_ms"] / row["ms"]
+    return result
+
+
+def machine(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "higher": importlib.metadata.version("higher"), "threads": torch.get_num_threads(),
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "cpu": platform.processor()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def show(results: list[dict], info: dict, device: torch.device) -> None:
+    console = Console(width=150)
+    console.print(f"[bold]maml-cli benchmark[/] on {device}: {info}")
+    for r in results:
+        floor = f", floor {r['floor_ms']:.0f} ms ({r['gflop']:.0f} GFLOP at " \
+                f"{r['dense_gflop_per_s']:.0f} GFLOP/s)" if "floor_ms" in r else ""
+        table = Table(title=f"{r['workload']} {r['order']} order: {r['description']}{floor}",
+                      title_justify="left")
+        for column in ("implementation", "ms/iter", "x naive", "x higher", "peak MB",
+                       "grad rel. error", "of floor"):
+            table.add_column(column, justify="left" if column == "implementation" else "right")
+        for label, row in r["rows"].items():
+            table.add_row(label, f"{row['ms']:.2f}", f"{row['x_naive']:.2f}",
+                          f"{row['x_higher']:.2f}", f"{row['peak_mb']:.0f}",
+                          f"{row['grad_rel_error']:.1e}",
+                          f"{row['of_floor']:.0%}" if "of_floor" in row else "")
+        console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--orders", default="second,first")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="full float32 convolutions on CUDA (PyTorch's default is TF32)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    results = [bench(name, WORKLOADS[name], device, order == "first")
+               for name in args.workloads.split(",") for order in args.orders.split(",")]
+    info = machine(device)
+    show(results, info, device)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": str(device), "machine": info, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Typed schemas of the config groups' options, so that Hydra type-checks `task.shots=abc` or a
+misspelt key at composition, before anything runs. Each group option's YAML lists its schema
+first in its defaults (`- /schema/task/sinusoid@_here_`); the values live in the YAML only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SinusoidConfig:
+    _target_: str = MISSING
+    shots: int = MISSING
+    queries: int = MISSING
+    amplitude: list[float] = MISSING
+    phase: list[float] = MISSING
+    x_range: list[float] = MISSING
+
+
+@dataclass
+class ImageTaskConfig:
+    _target_: str = MISSING
+    ways: int = MISSING
+    shots: int = MISSING
+    queries: int = MISSING
+    eval_queries: int | None = MISSING
+    loss_scale: float = MISSING
+
+
+@dataclass
+class OmniglotConfig(ImageTaskConfig):
+    rotations: list[int] = MISSING
+    image_size: int = MISSING
+
+
+@dataclass
+class MNISTConfig(ImageTaskConfig):
+    train_classes: list[int] = MISSING
+    val_classes: list[int] = MISSING
+    test_classes: list[int] = MISSING
+
+
+@dataclass
+class MiniImageNetConfig(ImageTaskConfig):
+    image_size: int = MISSING
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = MISSING
+    hidden: list[int] = MISSING
+
+
+@dataclass
+class Conv4Config:
+    _target_: str = MISSING
+    filters: int = MISSING
+    downsample: str = MISSING
+    norm: str = MISSING
+    spatial_mean: bool = MISSING
+
+
+@dataclass
+class MAMLConfig:
+    _target_: str = MISSING
+    first_order: bool = MISSING
+
+
+# Outer optimizers: the keys people tune, with torch's defaults, so `outer.weight_decay=1e-4`
+# works without a `+` and a typo still fails.
+@dataclass
+class AdamConfig:
+    _target_: str = MISSING
+    lr: float = MISSING
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = MISSING
+    lr: float = MISSING
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+SCHEMAS = {
+    "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
+             "miniimagenet": MiniImageNetConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config},
+    "algorithm": {"maml": MAMLConfig},
+    "outer": {"adam": AdamConfig, "sgd": SGDConfig},
+}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
