@@ -2,8 +2,9 @@
 
 Every implementation computes the meta-gradient of one meta-batch of synthetic data of the
 real shapes, from the same model and data. They are timed in one process, alternating, after a
-warm-up, and the median is reported; the warm-up run also gives each one's peak memory and its
-meta-gradient's distance to a float64 reference.
+warm-up, and the median is reported. The warm-up run also gives each one's meta-gradient's
+distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU the resident
+set of a fresh process running one meta-iteration.
 
     python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3] [--out results.json]
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -118,8 +119,7 @@ def with_higher(w: Workload, model, ep: Episode, first_order: bool) -> None:
 def maml_cli(strategy: str, w: Workload, model, ep: Episode, first_order: bool) -> None:
     algorithm = MAML(model, w.loss, w.loss, w.lr, first_order)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    loss, _ = Engine(strategy).meta_loss(algorithm, params, buffers, ep, w.steps)
-    loss.backward()
+    Engine(strategy).meta_backward(algorithm, params, buffers, ep, w.steps)
 
 
 def implementations(model, device) -> dict:
@@ -130,40 +130,40 @@ def implementations(model, device) -> dict:
     return impls
 
 
-class PeakMemory:
-    """Peak memory above the starting point while the block runs: CUDA allocations, or the
-    process's resident set sampled every millisecond on CPU."""
+def peak_cuda_mb(fn, *args) -> float:
+    """CUDA memory allocated at the peak of fn(*args), above what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    fn(*args)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - start) / 2**20
 
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def peak_rss_mb(name: str, first_order: bool, label: str) -> float:
+    """CPU: how far one meta-iteration raises the peak resident set of a fresh process that
+    has built the model and data (in this process, earlier runs' freed memory would hide it)."""
+    order = "first" if first_order else "second"
+    out = subprocess.run([sys.executable, __file__, "--rss", name, order, label],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
 
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start, self.running = self._rss(), True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
 
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss() - self.start)
-            time.sleep(0.001)
+def high_water_mark_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak over into a child's.
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.running = False
-            self.thread.join()
+
+def rss_child(name: str, order: str, label: str) -> None:
+    w = WORKLOADS[name]
+    model = w.model()
+    ep = w.episode(torch.device("cpu"), torch.Generator().manual_seed(0))
+    fn = implementations(model, torch.device("cpu"))[label]
+    before = high_water_mark_mb()
+    meta_grad(fn, w, model, ep, order == "first")
+    print(high_water_mark_mb() - before)
 
 
 def sync(device):
@@ -214,10 +214,11 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> di
     reference = meta_grad(naive_loop, w, reference_model, reference_ep, first_order)
     impls, rows = implementations(model, device), {}
     for label, fn in impls.items():  # warm-up, memory, correctness
-        with PeakMemory(device) as memory:
-            g = meta_grad(fn, w, model, ep, first_order)
+        g = meta_grad(fn, w, model, ep, first_order)
         error = ((g.double() - reference).norm() / reference.norm()).item()
-        rows[label] = {"times": [], "peak_mb": memory.peak / 2**20, "grad_rel_error": error}
+        peak = (peak_cuda_mb(meta_grad, fn, w, model, ep, first_order) if device.type == "cuda"
+                else peak_rss_mb(name, first_order, label))
+        rows[label] = {"times": [], "peak_mb": peak, "grad_rel_error": error}
     for _ in range(w.repeats):  # alternating, so drifts in clock or load hit all alike
         for label, fn in impls.items():
             model.zero_grad(set_to_none=True)
@@ -285,7 +286,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--no-tf32", action="store_true",
                         help="full float32 convolutions on CUDA (PyTorch's default is TF32)")
+    parser.add_argument("--rss", nargs=3, metavar=("WORKLOAD", "ORDER", "LABEL"),
+                        help=argparse.SUPPRESS)  # the child process of peak_rss_mb
     args = parser.parse_args()
+    if args.rss:
+        return rss_child(*args.rss)
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     results = [bench(name, WORKLOADS[name], device, order == "first")

@@ -204,10 +204,9 @@ class Trainer:
         """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""
         cfg, run = self.cfg, self.run
         episode = run.task.sample("train", cfg.trainer.meta_batch_size, self.generator)
-        loss, metrics = run.engine.meta_loss(run.algorithm, params, buffers, episode,
-                                             cfg.inner.steps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, metrics = run.engine.meta_backward(run.algorithm, params, buffers, episode,
+                                                 cfg.inner.steps)
         grads = [p.grad for p in params.values() if p.grad is not None]
         finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if cfg.trainer.nan_policy == "skip":
