@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import higher
@@ -140,11 +140,11 @@ def peak_cuda_mb(fn, *args) -> float:
     return (torch.cuda.max_memory_allocated() - start) / 2**20
 
 
-def peak_rss_mb(name: str, first_order: bool, label: str) -> float:
+def peak_rss_mb(w: Workload, first_order: bool, label: str) -> float:
     """CPU: how far one meta-iteration raises the peak resident set of a fresh process that
     has built the model and data (in this process, earlier runs' freed memory would hide it)."""
     order = "first" if first_order else "second"
-    out = subprocess.run([sys.executable, __file__, "--rss", name, order, label],
+    out = subprocess.run([sys.executable, __file__, "--rss", json.dumps(asdict(w)), order, label],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
@@ -156,8 +156,8 @@ def high_water_mark_mb() -> float:
     return kib / 1024
 
 
-def rss_child(name: str, order: str, label: str) -> None:
-    w = WORKLOADS[name]
+def rss_child(workload: str, order: str, label: str) -> None:
+    w = Workload(**json.loads(workload))
     model = w.model()
     ep = w.episode(torch.device("cpu"), torch.Generator().manual_seed(0))
     fn = implementations(model, torch.device("cpu"))[label]
@@ -217,7 +217,7 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> di
         g = meta_grad(fn, w, model, ep, first_order)
         error = ((g.double() - reference).norm() / reference.norm()).item()
         peak = (peak_cuda_mb(meta_grad, fn, w, model, ep, first_order) if device.type == "cuda"
-                else peak_rss_mb(name, first_order, label))
+                else peak_rss_mb(w, first_order, label))
         rows[label] = {"times": [], "peak_mb": peak, "grad_rel_error": error}
     for _ in range(w.repeats):  # alternating, so drifts in clock or load hit all alike
         for label, fn in impls.items():

@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from maml_cli import checkpoint
+from maml_cli import checkpoint, jobs
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
@@ -27,6 +27,8 @@ def main(cfg: DictConfig) -> float:
     if cfg.resume:
         resume = checkpoint.load(checkpoint.locate(cfg.resume, prefer="last.pt"))
         cfg = from_checkpoint(resume["config"], cfg, list(hydra_cfg.overrides.task))
+    if cfg.device.threads is None:
+        cfg.device.threads = jobs.cpu_share()
     validate(cfg)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if any((run_dir / "checkpoints").glob("*.pt")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -193,12 +194,29 @@ class Trainer:
                 if stop:
                     self._stop(stop[0])
             self.save("last.pt")
-            result = self.best if self.best is not None else last.get("loss_post", math.nan)
+            result = self._result()
             tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
                             {f"hparam/val_{name}_best": result,
                              "hparam/train_query_loss_post": last.get("loss_post", math.nan)})
-        self._summary(time.perf_counter() - started, last)
+        seconds = time.perf_counter() - started
+        metrics = {"iterations": self.iteration, "wall_s": round(seconds, 1),
+                   f"val_{name}_untrained": self.untrained, f"val_{name}_best": self.best,
+                   **{f"train_query_{k}": v for k, v in last.items()},
+                   "skipped_meta_batches": self.skipped, "result": result}
+        checkpoint.atomic_write(self.run_dir / "metrics.json",
+                                lambda f: f.write((json.dumps(metrics) + "\n").encode()))
+        self._summary(seconds, last)
         return result
+
+    def _result(self) -> float:
+        """What sweepers optimise: the best validation metric, or the worst value there is when
+        no validation gave a finite one, so that no search prefers this run."""
+        if self.best is not None:
+            return self.best
+        worst = -math.inf if self.run.task.higher_is_better else math.inf
+        log.warning("no finite validation %s (trainer.val_every=%d): reporting %s to sweepers",
+                    self.run.task.metric_name, self.cfg.trainer.val_every, worst)
+        return worst
 
     def _step(self, params, buffers) -> dict | None:
         """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""

@@ -37,7 +37,7 @@ def test_defaults_are_the_maml_papers_sinusoid_setup():
 
 def test_groups_are_the_documented_ones():
     assert config_groups() == [
-        "algorithm", "device", "experiment", "inner", "model", "outer", "task"]
+        "algorithm", "device", "experiment", "hparams_search", "inner", "model", "outer", "task"]
 
 
 OUT_OF_RANGE = [

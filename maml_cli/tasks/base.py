@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -34,5 +35,5 @@ class TaskFamily(ABC):
         """Scalar metric of one task, the one validation and evaluation report."""
 
     def better(self, a: float, b: float | None) -> bool:
-        """Whether metric value a improves on b (None: nothing yet)."""
-        return b is None or (a > b if self.higher_is_better else a < b)
+        """Whether metric value a improves on b (None: nothing yet). NaN or inf never does."""
+        return math.isfinite(a) and (b is None or (a > b if self.higher_is_better else a < b))

@@ -39,14 +39,10 @@ def test_more_ways_than_a_split_has_classes(tmp_path, data_env, task, ways, clas
     assert_one_line_error(proc, f"task.ways={ways} but the val split has only {classes} classes")
 
 
-def test_eval_rejects_bad_checkpoints(tmp_path):
-    (tmp_path / "junk.pt").write_text("not a checkpoint")
-    torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
+def test_eval_needs_a_checkpoint_that_exists(tmp_path):
     cases = [
         ([], "checkpoint=<checkpoint file or run dir> is required"),
         (["checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
-        (["checkpoint=junk.pt"], "junk.pt is not a readable checkpoint"),
-        (["checkpoint=foreign.pt"], "foreign.pt is not a maml-cli checkpoint"),
         (["checkpoint=."], "no checkpoint in ."),
     ]
     for args, message in cases:
