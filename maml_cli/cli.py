@@ -14,7 +14,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
-from maml_cli import jobs
+from maml_cli import distributed, jobs
 from maml_cli.config import config_dir, config_groups
 from maml_cli.errors import UserError
 
@@ -54,6 +54,7 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], No
         full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
         failed: list[dict] = []
+        sys.argv += distributed.launch_overrides(sys.argv[1:])
         try:
             hydra_main()
         except (HydraException, OmegaConfBaseException) as e:
@@ -68,6 +69,7 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], No
             # A sweep's finished jobs keep their results; the summary says which ones failed.
             if jobs.sweep_dir() is not None:
                 failed = jobs.summarize(jobs.sweep_dir())
+        distributed.close()
         if failed:
             first = failed[0]
             fail(prog, f"{len(failed)} sweep job(s) failed, first job {first['job']} "

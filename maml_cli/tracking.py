@@ -21,27 +21,30 @@ log = logging.getLogger("maml_cli")
 
 
 class Tracker:
-    """TensorBoard writer for one run dir."""
+    """TensorBoard writer for one run dir; with log_dir None it records nothing (the ranks
+    other than 0 of a distributed run)."""
 
-    def __init__(self, log_dir):
-        self.writer = SummaryWriter(str(log_dir))
+    def __init__(self, log_dir=None):
+        self.writer = None if log_dir is None else SummaryWriter(str(log_dir))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
+        for tag, value in values.items() if self.writer else ():
             self.writer.add_scalar(tag, value, step)
 
     def figure(self, tag: str, figure, step: int) -> None:
-        self.writer.add_figure(tag, figure, step)
+        if self.writer:
+            self.writer.add_figure(tag, figure, step)
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        # run_name="." keeps the hparams summary in this run's own event dir.
-        self.writer.add_hparams(hparams, metrics, run_name=".")
+        if self.writer:  # run_name="." keeps the hparams summary in this run's own event dir
+            self.writer.add_hparams(hparams, metrics, run_name=".")
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.writer.close()
+        if self.writer:
+            self.writer.close()
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -56,7 +59,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def progress(description: str) -> Progress:
+def progress(description: str, show: bool = True) -> Progress:
     console = get_console()
     return Progress(
         TextColumn(f"[bold]{description}"),
@@ -67,7 +70,7 @@ def progress(description: str) -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not (show and console.is_terminal),
     )
 
 

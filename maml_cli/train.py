@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from maml_cli import checkpoint, jobs
+from maml_cli import checkpoint, distributed, jobs
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
@@ -30,6 +30,10 @@ def main(cfg: DictConfig) -> float:
     if cfg.device.threads is None:
         cfg.device.threads = jobs.cpu_share()
     validate(cfg)
+    world = distributed.group().world
+    if cfg.trainer.meta_batch_size % world:
+        raise UserError(f"trainer.meta_batch_size={cfg.trainer.meta_batch_size} must be a "
+                        f"multiple of the {world} processes sharing each meta-batch")
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if any((run_dir / "checkpoints").glob("*.pt")):
         raise UserError(f"{run_dir} already holds an earlier run's checkpoints; give this run "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from maml_cli import checkpoint
+from maml_cli import checkpoint, distributed
 from maml_cli.build import Run, make_optimizer
 from maml_cli.errors import UserError
 from maml_cli.evaluate import adaptation_curves, mean_ci95
@@ -76,6 +76,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run: Run, run_dir: Path, resume: dict | None = None):
         self.cfg, self.run, self.run_dir = cfg, run, run_dir
         self.optimizer = make_optimizer(cfg, run.model)
+        self.group = distributed.group()
+        self.stopping = False  # all ranks agree on it (distributed.average)
         self.generator = torch.Generator(run.device).manual_seed(cfg.seed)
         self.iteration, self.best, self.untrained = 0, None, None
         self.skipped, self.consecutive_skips = 0, 0
@@ -113,6 +115,8 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         self._check_finite()
+        if not self.group.main:
+            return
         state, folder = self.state(), self.run_dir / "checkpoints"
         for name in names:
             try:
@@ -127,7 +131,10 @@ class Trainer:
             for old in sorted(folder.glob("iter_*.pt"))[:-keep]:
                 old.unlink()
 
-    def validate(self, tracker: Tracker) -> float:
+    def validate(self, tracker: Tracker) -> float | None:
+        """Rank 0 only: the others run on and wait for it at the next all_reduce."""
+        if not self.group.main:
+            return None
         cfg, name = self.cfg, self.run.task.metric_name
         curves = adaptation_curves(self.run, "val", cfg.trainer.val_tasks, cfg.inner.eval_steps,
                                    cfg.seed + VAL_SEED_OFFSET, cfg.eval.batch_size)
@@ -153,14 +160,15 @@ class Trainer:
         started, sums, window_start, window_iters = time.perf_counter(), {}, time.perf_counter(), 0
         last: dict[str, float] = {}
         # The tracker closes (flushing its events) on every way out, errors and signals too.
-        with Tracker(self.run_dir / "tb") as tracker, progress("meta-train") as bar, \
-                stop_requests() as stop:
+        main = self.group.main
+        with Tracker(self.run_dir / "tb" if main else None) as tracker, \
+                progress("meta-train", show=main) as bar, stop_requests() as stop:
             task = bar.add_task("train", total=tc.iterations, completed=self.iteration, status="")
             if tc.val_every and self.iteration == 0:
                 self.untrained = self.validate(tracker)
             while self.iteration < tc.iterations:
                 self.iteration += 1
-                metrics = self._step(params, buffers)
+                metrics = self._step(params, buffers, bool(stop))
                 if metrics is not None:
                     # Summed on the device; read back (a sync) only once per log window.
                     sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
@@ -173,7 +181,10 @@ class Trainer:
                                "lr/outer": self.optimizer.param_groups[0]["lr"],
                                "lr/inner": cfg.inner.lr}
                     if window_iters:
-                        last = {k: (v / window_iters).item() for k, v in sums.items()}
+                        means = {k: v / window_iters for k, v in sums.items()}
+                        if self.group.world > 1:
+                            means = distributed.average_metrics(means)
+                        last = {k: v.item() for k, v in means.items()}
                         scalars |= {
                             "train/query_loss_pre": last["loss_pre"],
                             "train/query_loss_post": last["loss_post"],
@@ -191,14 +202,16 @@ class Trainer:
                     self.validate(tracker)
                 if tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0:
                     self.save(f"iter_{self.iteration:07d}.pt", "last.pt")
-                if stop:
-                    self._stop(stop[0])
+                if self.stopping:
+                    self._stop(stop[0] if stop else signal.SIGTERM)
             self.save("last.pt")
-            result = self._result()
+            result = self._result() if main else None
             tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
                             {f"hparam/val_{name}_best": result,
                              "hparam/train_query_loss_post": last.get("loss_post", math.nan)})
         seconds = time.perf_counter() - started
+        if not main:
+            return result
         metrics = {"iterations": self.iteration, "wall_s": round(seconds, 1),
                    f"val_{name}_untrained": self.untrained, f"val_{name}_best": self.best,
                    **{f"train_query_{k}": v for k, v in last.items()},
@@ -218,14 +231,20 @@ class Trainer:
                     self.run.task.metric_name, self.cfg.trainer.val_every, worst)
         return worst
 
-    def _step(self, params, buffers) -> dict | None:
+    def _step(self, params, buffers, stop_requested: bool) -> dict | None:
         """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""
-        cfg, run = self.cfg, self.run
+        cfg, run, group = self.cfg, self.run, self.group
         episode = run.task.sample("train", cfg.trainer.meta_batch_size, self.generator)
+        if group.world > 1:  # this rank's slice of the meta-batch every rank drew
+            share = cfg.trainer.meta_batch_size // group.world
+            episode = episode[group.rank * share:(group.rank + 1) * share]
         self.optimizer.zero_grad(set_to_none=True)
         loss, metrics = run.engine.meta_backward(run.algorithm, params, buffers, episode,
                                                  cfg.inner.steps)
         grads = [p.grad for p in params.values() if p.grad is not None]
+        self.stopping = stop_requested
+        if group.world > 1:
+            loss, self.stopping = distributed.average(grads, loss, stop_requested)
         finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if cfg.trainer.nan_policy == "skip":
             if not finite.item():  # a sync per iteration: the price of choosing to skip

@@ -1,0 +1,77 @@
+"""One run across processes with torch.distributed (started by torchrun).
+
+Every rank draws the same meta-batch from the same seeded sampler and keeps its own slice of the
+tasks, so no two ranks train on the same task and the union is exactly the single-process
+meta-batch. The meta-gradients are averaged with one all_reduce per iteration, which leaves
+every rank's meta-parameters identical. Rank 0 alone validates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def group() -> Group:
+    if not dist.is_initialized():
+        return Group()
+    return Group(dist.get_rank(), dist.get_world_size())
+
+
+def launch_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun: join the process group, and return the Hydra overrides that put every
+    rank in rank 0's run dir, with only rank 0 writing Hydra's files and the text log."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    on_cpu = any(a in ("device=cpu", "device.name=cpu") for a in argv)
+    backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    stamp = [time.strftime("%Y-%m-%d/%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    overrides = []
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        overrides.append(f"hydra.run.dir=outputs/{stamp[0]}")
+    if dist.get_rank() != 0:
+        overrides += ["hydra.output_subdir=null", "hydra/job_logging=rich_console"]
+    return overrides
+
+
+def average(grads: list[torch.Tensor], loss: torch.Tensor, stop: bool) -> tuple[torch.Tensor, bool]:
+    """All-reduce in one message: the gradients and the loss averaged over ranks, and whether
+    any rank was asked to stop, so that all ranks stop after the same iteration."""
+    flat = torch.cat([*(g.flatten() for g in grads), loss.detach().view(1),
+                      torch.tensor([float(stop)], device=loss.device)])
+    dist.all_reduce(flat)
+    world = dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g) / world)
+        offset += g.numel()
+    return flat[-2] / world, bool(flat[-1] > 0)
+
+
+def average_metrics(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    stacked = torch.stack(list(values.values()))
+    dist.all_reduce(stacked)
+    return dict(zip(values, stacked / dist.get_world_size()))
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

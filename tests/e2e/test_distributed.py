@@ -1,0 +1,31 @@
+"""torchrun with 2 CPU processes (gloo): the same meta-parameters as one process with the same
+total meta-batch, one run dir, and only rank 0 writing."""
+
+import os
+import subprocess
+
+import torch
+
+from tests.helpers import BIN, ok, run_cli
+
+RUN = ["device=cpu", "device.threads=1", "trainer.iterations=6", "trainer.meta_batch_size=4",
+       "trainer.val_every=3", "trainer.val_tasks=10", "trainer.log_every=2"]
+
+
+def test_two_ranks_match_one_process_with_the_same_meta_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+                       "maml_cli.train", *RUN], cwd=tmp_path, capture_output=True, text=True,
+                      timeout=300, env=env))
+    ok(run_cli("maml-train", *RUN, "hydra.run.dir=single", cwd=tmp_path))
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1  # every rank used rank 0's run dir
+    events = [len(list((d / "tb").glob("events.out.tfevents.*")))
+              for d in (runs[0], tmp_path / "single")]
+    assert events[0] == events[1]  # rank 0 alone logs: as many event files as one process
+    two = torch.load(runs[0] / "checkpoints/last.pt", weights_only=True)
+    one = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=True)
+    assert two["iteration"] == one["iteration"] == 6
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6)
+    assert abs(two["best"] - one["best"]) < 1e-5
