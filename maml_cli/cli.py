@@ -41,8 +41,10 @@ def check_group_choices(argv: list[str]) -> None:
                 raise UserError(f"unknown {group} '{value}' (choose from: {', '.join(options)})")
 
 
-def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], None]:
-    """Console-script entry point around a @hydra.main function."""
+def main_wrapper(prog: str, hydra_main: Callable[[], object],
+                 run_dirs: bool = True) -> Callable[[], None]:
+    """Console-script entry point around a @hydra.main function (run_dirs: whether the app
+    writes a run dir, which the ranks of a torchrun launch must share)."""
 
     def cli() -> None:
         try:
@@ -54,7 +56,7 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object]) -> Callable[[], No
         full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
         failed: list[dict] = []
-        sys.argv += distributed.launch_overrides(sys.argv[1:])
+        sys.argv += distributed.launch_overrides(sys.argv[1:], run_dirs)
         try:
             hydra_main()
         except (HydraException, OmegaConfBaseException) as e:

@@ -26,15 +26,19 @@ class Group:
         return self.rank == 0
 
 
+ONE_PROCESS = Group()
+
+
 def group() -> Group:
     if not dist.is_initialized():
-        return Group()
+        return ONE_PROCESS
     return Group(dist.get_rank(), dist.get_world_size())
 
 
-def launch_overrides(argv: list[str]) -> list[str]:
+def launch_overrides(argv: list[str], shared_run_dir: bool) -> list[str]:
     """Under torchrun: join the process group, and return the Hydra overrides that put every
-    rank in rank 0's run dir, with only rank 0 writing Hydra's files and the text log."""
+    rank in rank 0's run dir (if the app has run dirs), with only rank 0 writing Hydra's files
+    and the text log."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return []
     on_cpu = any(a in ("device=cpu", "device.name=cpu") for a in argv)
@@ -45,7 +49,7 @@ def launch_overrides(argv: list[str]) -> list[str]:
     stamp = [time.strftime("%Y-%m-%d/%H-%M-%S")]
     dist.broadcast_object_list(stamp, src=0)
     overrides = []
-    if not any(a.startswith("hydra.run.dir=") for a in argv):
+    if shared_run_dir and not any(a.startswith("hydra.run.dir=") for a in argv):
         overrides.append(f"hydra.run.dir=outputs/{stamp[0]}")
     if dist.get_rank() != 0:
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=rich_console"]
@@ -70,6 +74,13 @@ def average_metrics(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     stacked = torch.stack(list(values.values()))
     dist.all_reduce(stacked)
     return dict(zip(values, stacked / dist.get_world_size()))
+
+
+def gather(items: list) -> list:
+    """Every rank's list, concatenated, on every rank."""
+    lists = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, items)
+    return [item for part in lists for item in part]
 
 
 def close() -> None:

@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from maml_cli import checkpoint
+from maml_cli import checkpoint, distributed
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
@@ -38,13 +38,16 @@ def main(cfg: DictConfig) -> dict:
 
     ev, steps, name = run_cfg.eval, run_cfg.inner.eval_steps, run.task.metric_name
     log.info("evaluating %s (iteration %d) on %d test tasks", path, state["iteration"], ev.tasks)
-    curves = adaptation_curves(run, "test", ev.tasks, steps, ev.seed, ev.batch_size)
+    group = distributed.group()
+    curves = adaptation_curves(run, "test", ev.tasks, steps, ev.seed, ev.batch_size, group)
     results = [dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s]))))
                for s in range(steps + 1)]
     report = {
         "checkpoint": str(path), "iteration": state["iteration"], "metric": name,
         "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
     }
+    if not group.main:  # under torchrun, rank 0 reports for all
+        return report
     checkpoint.atomic_write(path.parent / "eval.json",
                             lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     figure = sinusoid_fit(run, ev.seed, (1, steps))
@@ -56,7 +59,7 @@ def main(cfg: DictConfig) -> dict:
     return report
 
 
-cli = main_wrapper("maml-eval", main)
+cli = main_wrapper("maml-eval", main, run_dirs=False)
 
 if __name__ == "__main__":
     cli()
