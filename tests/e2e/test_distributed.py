@@ -2,6 +2,7 @@
 total meta-batch, one run dir, and only rank 0 writing."""
 
 import os
+import shutil
 import subprocess
 
 import torch
@@ -33,13 +34,14 @@ def test_two_ranks_match_one_process_with_the_same_meta_batch(tmp_path):
 
 def test_maml_eval_shards_its_test_tasks_and_reports_what_one_process_does(trained_run,
                                                                            tmp_path):
-    args = [f"checkpoint={trained_run}/checkpoints/last.pt", "eval.tasks=30", "eval.batch_size=7",
-            "inner.eval_steps=2", "device=cpu"]
+    shutil.copy(trained_run / "checkpoints" / "last.pt", tmp_path / "last.pt")
+    args = ["checkpoint=last.pt", "eval.tasks=30", "eval.batch_size=7", "inner.eval_steps=2",
+            "device=cpu"]
     ok(run_cli("maml-eval", *args, cwd=tmp_path))
-    report = (trained_run / "checkpoints" / "eval.json").read_text()
+    report = (tmp_path / "eval.json").read_text()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
                        "maml_cli.eval", *args], cwd=tmp_path, capture_output=True, text=True,
                       timeout=300, env=env))
-    assert (trained_run / "checkpoints" / "eval.json").read_text() == report
+    assert (tmp_path / "eval.json").read_text() == report
     assert not (tmp_path / "outputs").exists()  # maml-eval has no run dir, sharded or not
