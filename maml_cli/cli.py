@@ -63,8 +63,9 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
             if full_report:
                 raise
             fail(prog, one_line(e))
-        except UserError:  # a sweep job's, handed on by Hydra after it recorded the failure
-            pass
+        except UserError as e:  # a sweep job's, handed on by Hydra after it recorded the failure
+            if jobs.sweep_dir() is None:  # a sweep without the summary callback (maml-eval -m)
+                fail(prog, e)
         except OSError as e:  # e.g. Hydra cannot create the run dir
             fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
         finally:

@@ -67,8 +67,8 @@ class JobStatusCallback(Callback):
             status |= {"status": "completed", "error": None,
                        "result": value if isinstance(value, (int, float)) else None}
         else:
-            error = value if isinstance(value, UserError) else f"{type(value).__name__}: {value}"
-            error = str(error)
+            kind = "" if isinstance(value, UserError) else f"{type(value).__name__}: "
+            error = f"{kind}{value}"
             status |= {"status": "failed", "error": error, "result": None}
             log.error("job %s failed: %s", config.hydra.job.num, error)
         _write(Path(config.hydra.runtime.output_dir) / STATUS_FILE, json.dumps(status) + "\n")

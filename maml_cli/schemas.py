@@ -11,21 +11,26 @@ from omegaconf import MISSING
 
 
 @dataclass
-class SinusoidConfig:
+class Target:
     _target_: str = MISSING
+
+
+@dataclass
+class TaskConfig(Target):
     shots: int = MISSING
     queries: int = MISSING
+
+
+@dataclass
+class SinusoidConfig(TaskConfig):
     amplitude: list[float] = MISSING
     phase: list[float] = MISSING
     x_range: list[float] = MISSING
 
 
 @dataclass
-class ImageTaskConfig:
-    _target_: str = MISSING
+class ImageTaskConfig(TaskConfig):
     ways: int = MISSING
-    shots: int = MISSING
-    queries: int = MISSING
     eval_queries: int | None = MISSING
     loss_scale: float = MISSING
 
@@ -49,14 +54,12 @@ class MiniImageNetConfig(ImageTaskConfig):
 
 
 @dataclass
-class MLPConfig:
-    _target_: str = MISSING
+class MLPConfig(Target):
     hidden: list[int] = MISSING
 
 
 @dataclass
-class Conv4Config:
-    _target_: str = MISSING
+class Conv4Config(Target):
     filters: int = MISSING
     downsample: str = MISSING
     norm: str = MISSING
@@ -64,28 +67,27 @@ class Conv4Config:
 
 
 @dataclass
-class MAMLConfig:
-    _target_: str = MISSING
+class MAMLConfig(Target):
     first_order: bool = MISSING
 
 
 # Outer optimizers: the keys people tune, with torch's defaults, so `outer.weight_decay=1e-4`
 # works without a `+` and a typo still fails.
 @dataclass
-class AdamConfig:
-    _target_: str = MISSING
+class OptimizerConfig(Target):
     lr: float = MISSING
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
     weight_decay: float = 0.0
 
 
 @dataclass
-class SGDConfig:
-    _target_: str = MISSING
-    lr: float = MISSING
+class AdamConfig(OptimizerConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
     momentum: float = 0.0
-    weight_decay: float = 0.0
     nesterov: bool = False
 
 

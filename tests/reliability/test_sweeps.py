@@ -3,6 +3,7 @@ job's run dir says why, the summary lists every job, and the exit code is non-ze
 
 import csv
 import json
+import shutil
 
 import torch
 
@@ -40,3 +41,12 @@ def test_a_sweep_without_failures_exits_zero_with_its_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "sweep" / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["completed", "completed"]
+
+
+def test_a_failing_maml_eval_sweep_job_fails_the_command(trained_run, tmp_path):
+    shutil.copy(trained_run / "checkpoints" / "last.pt", tmp_path / "last.pt")
+    proc = run_cli("maml-eval", "-m", "checkpoint=last.pt,nope.pt", "eval.tasks=10",
+                   "inner.eval_steps=1", cwd=tmp_path)
+    assert (tmp_path / "eval.json").is_file()  # the good job finished
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1] == "maml-eval: error: checkpoint not found: nope.pt"
