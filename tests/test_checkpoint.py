@@ -5,6 +5,7 @@ import torch
 
 from maml_cli import checkpoint
 from maml_cli.errors import UserError
+from tests.helpers import Exploit
 
 
 def test_roundtrip_loads_with_plain_weights_only_torch_load(tmp_path):
@@ -30,24 +31,18 @@ def test_failed_write_keeps_the_previous_file_intact(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-class Exploit:
-    def __reduce__(self):
-        import os
-        return os.system, (f"touch {Exploit.marker}",)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_refused_and_never_runs(tmp_path):
-    Exploit.marker = tmp_path / "pwned"
+    marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"format": checkpoint.FORMAT, "payload": Exploit()}, path)
+    torch.save({"format": checkpoint.FORMAT, "payload": Exploit(marker)}, path)
     with pytest.raises(UserError, match=r"refusing to load .*posix.system"):
         checkpoint.load(path)
-    assert not Exploit.marker.exists()
-    path.write_bytes(pickle.dumps(Exploit()))
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps(Exploit(marker)))
     with pytest.raises(UserError, match="not a readable checkpoint"):
         checkpoint.load(path)
-    assert not Exploit.marker.exists()
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04garbage"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from maml_cli import checkpoint
-from tests.helpers import INJECT, assert_one_line_error, ok, run_cli, with_fault
+from tests.helpers import INJECT, Exploit, assert_one_line_error, ok, run_cli, with_fault
 
 RUN = ["trainer.val_every=0", "trainer.log_every=5", "trainer.checkpoint_every=5"]
 
@@ -60,21 +60,15 @@ def test_keep_last_rotates_only_numbered_checkpoints(tmp_path, keep):
     assert iteration(tmp_path / "run/checkpoints/last.pt") == 20
 
 
-class Exploit:
-    def __reduce__(self):
-        import os
-        return os.system, (f"touch {Exploit.marker}",)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_checkpoint_carrying_code_is_refused_by_both_scripts(tmp_path):
-    Exploit.marker = tmp_path / "pwned"
-    torch.save({"format": checkpoint.FORMAT, "model": Exploit()}, tmp_path / "evil.pt")
+    marker = tmp_path / "pwned"
+    torch.save({"format": checkpoint.FORMAT, "model": Exploit(marker)}, tmp_path / "evil.pt")
     for script, arg in (("maml-eval", "checkpoint=evil.pt"), ("maml-train", "resume=evil.pt")):
         proc = run_cli(script, arg, "hydra.run.dir=run", cwd=tmp_path)
         assert_one_line_error(proc, "refusing to load evil.pt: it asks to run code "
                                     "(posix.system)", script)
-        assert not Exploit.marker.exists()
+        assert not marker.exists()
 
 
 def test_damaged_foreign_and_mismatched_checkpoints_are_one_line_errors(trained_run, tmp_path):
