@@ -30,7 +30,11 @@ from rich.table import Table
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
+from maml_cli.algorithms.pretrain import Pretrain
+from maml_cli.algorithms.protonet import ProtoNet
+from maml_cli.algorithms.reptile import Reptile
 from maml_cli.engine import STRATEGIES, Engine, choose_strategy
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
@@ -117,7 +121,7 @@ def with_higher(w: Workload, model, ep: Episode, first_order: bool) -> None:
 
 
 def maml_cli(strategy: str, w: Workload, model, ep: Episode, first_order: bool) -> None:
-    algorithm = MAML(model, w.loss, w.loss, w.lr, first_order)
+    algorithm = MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps), first_order=first_order)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     Engine(strategy).meta_backward(algorithm, params, buffers, ep, w.steps)
 
@@ -243,6 +247,56 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> di
     return result
 
 
+# The family, as `algorithm=` configures it (MAML++: its switches on algorithm=maml; the multi-step
+# loss only acts with more than one inner step, so on W1/W2 it changes nothing).
+ALGORITHMS = {
+    "maml": (MAML, {}), "fomaml": (MAML, {"first_order": True}),
+    "metasgd": (MAML, {"lr_mode": "per_parameter"}), "anil": (MAML, {"adapt": "head"}),
+    "maml++ switches": (MAML, {"lr_mode": "per_layer_step", "per_step_norm": True,
+                               "multi_step_loss": True, "msl_iterations": 10**9}),
+    "reptile": (Reptile, {}), "pretrain": (Pretrain, {}), "protonet": (ProtoNet, {}),
+}
+
+
+def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
+    """Meta-iterations per second of each algorithm under engine=auto, timed alternately."""
+    generator = torch.Generator(device).manual_seed(0)
+    torch.manual_seed(0)
+    model, ep = w.model().to(device), w.episode(device, generator)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    engine = Engine(choose_strategy("auto", model, device))
+    runs = {}
+    for label, (cls, options) in ALGORITHMS.items():
+        if cls is ProtoNet and not w.ways:
+            continue  # classification only
+        options = options | ({"num_classes": w.ways} if w.ways else {})
+        algorithm = cls(model, w.loss, w.loss, SGD(w.lr, steps=w.steps), **options)
+        algorithm.start_iteration(1)
+        weights = [*params.values(), *algorithm.learned.parameters()]
+
+        def step(algorithm=algorithm, weights=weights):
+            for p in weights:
+                p.grad = None
+            engine.meta_backward(algorithm, params, buffers, ep, w.steps)
+
+        runs[label] = step
+    times = {label: [] for label in runs}
+    for repeat in range(w.repeats + 1):  # the first round is the warm-up
+        for label, step in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            if repeat:
+                times[label].append(time.perf_counter() - start)
+    rows = {label: {"ms": 1000 * statistics.median(t)} for label, t in times.items()}
+    for row in rows.values():
+        row["it_per_s"] = 1000 / row["ms"]
+        row["x_maml"] = rows["maml"]["ms"] / row["ms"]
+    return {"workload": name, "description": w.description, "engine": engine.strategy,
+            "rows": rows}
+
+
 def machine(device: torch.device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "higher": importlib.metadata.version("higher"), "threads": torch.get_num_threads(),
@@ -278,11 +332,26 @@ def show(results: list[dict], info: dict, device: torch.device) -> None:
         console.print(table)
 
 
+def show_algorithms(results: list[dict]) -> None:
+    console = Console(width=150)
+    for r in results:
+        table = Table(title=f"{r['workload']} by algorithm (engine {r['engine']}, second order "
+                            f"where it applies): {r['description']}", title_justify="left")
+        for column in ("algorithm", "ms/iter", "iterations/s", "x maml"):
+            table.add_column(column, justify="left" if column == "algorithm" else "right")
+        for label, row in r["rows"].items():
+            table.add_row(label, f"{row['ms']:.2f}", f"{row['it_per_s']:.2f}",
+                          f"{row['x_maml']:.2f}")
+        console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--orders", default="second,first")
+    parser.add_argument("--algorithms", default="W1,W2",
+                        help="workloads to time every algorithm on ('' for none)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--no-tf32", action="store_true",
                         help="full float32 convolutions on CUDA (PyTorch's default is TF32)")
@@ -295,11 +364,15 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     results = [bench(name, WORKLOADS[name], device, order == "first")
                for name in args.workloads.split(",") for order in args.orders.split(",")]
+    algorithms = [bench_algorithms(name, WORKLOADS[name], device)
+                  for name in args.algorithms.split(",") if name]
     info = machine(device)
     show(results, info, device)
+    show_algorithms(algorithms)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": str(device), "machine": info, "results": results}, f, indent=1)
+            json.dump({"device": str(device), "machine": info, "results": results,
+                       "algorithms": algorithms}, f, indent=1)
 
 
 if __name__ == "__main__":

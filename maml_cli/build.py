@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
 from maml_cli.engine import Engine, choose_strategy
 from maml_cli.errors import UserError
@@ -21,7 +22,7 @@ class Run:
     device: torch.device
     task: TaskFamily
     model: nn.Module
-    algorithm: object
+    algorithm: Algorithm
     engine: Engine
 
 
@@ -43,10 +44,22 @@ def build(cfg: DictConfig) -> Run:
     model = model.to(device)
     algorithm = make(
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
-        lr=cfg.inner.lr,
+        inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
     )
     return Run(device, task, model, algorithm, Engine(choose_strategy(cfg.engine, model, device)))
 
 
-def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return make("outer", cfg.outer, params=model.parameters())
+def meta_parameters(run: Run) -> list[torch.nn.Parameter]:
+    """What the outer optimizer trains: the model's weights and the algorithm's own."""
+    return [*run.model.parameters(), *run.algorithm.learned.parameters()]
+
+
+def load_weights(run: Run, state: dict) -> None:
+    """The model's and the algorithm's weights from a checkpoint; RuntimeError if they differ
+    from this run's."""
+    run.model.load_state_dict(state["model"])
+    run.algorithm.learned.load_state_dict(state["algorithm"])
+
+
+def make_optimizer(cfg: DictConfig, run: Run) -> torch.optim.Optimizer:
+    return make("outer", cfg.outer, params=meta_parameters(run))

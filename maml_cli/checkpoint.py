@@ -14,7 +14,7 @@ import torch
 from maml_cli import __version__
 from maml_cli.errors import UserError
 
-FORMAT = "maml-cli-checkpoint/2"
+FORMAT = "maml-cli-checkpoint/3"
 
 
 def atomic_write(path: Path, write) -> None:

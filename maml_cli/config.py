@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from maml_cli import schemas
+from maml_cli.algorithms.maml import ADAPT, LR_MODES
 from maml_cli.engine import STRATEGIES
 from maml_cli.errors import UserError
 
@@ -33,13 +34,8 @@ class TrainerConfig:
     keep_last: int = 0  # iter_*.pt checkpoints kept (the newest); 0 keeps all
     log_every: int = 50
     nan_policy: str = "stop"  # stop | skip: what a NaN/inf meta-loss or meta-gradient does
-
-
-@dataclass
-class InnerConfig:
-    lr: float = 0.01
-    steps: int = 1
-    eval_steps: int = 10
+    lr_schedule: str = "constant"  # constant | cosine | linear: the outer learning rate's
+    min_lr: float = 0.0  # ... annealed to this by the last iteration
 
 
 @dataclass
@@ -73,7 +69,7 @@ class RunConfig:
     task: Any = MISSING
     model: Any = MISSING
     algorithm: Any = MISSING
-    inner: InnerConfig = field(default_factory=InnerConfig)
+    inner: Any = MISSING
     outer: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,6 +96,7 @@ def register_configs() -> None:
 
 ENGINES = ("auto", *STRATEGIES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 def _positive(v: Any) -> bool:
@@ -125,6 +122,14 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.keep_last", ">= 0 (0 keeps every iter_*.pt)", lambda v: v >= 0),
     ("trainer.log_every", ">= 1", lambda v: v >= 1),
     ("trainer.nan_policy", "stop or skip", lambda v: v in ("stop", "skip")),
+    ("trainer.lr_schedule", f"one of {', '.join(SCHEDULES)}", lambda v: v in SCHEDULES),
+    ("trainer.min_lr", ">= 0", lambda v: v >= 0),
+    ("algorithm.adapt", f"one of {', '.join(ADAPT)}", lambda v: v in ADAPT),
+    ("algorithm.lr_mode", f"one of {', '.join(LR_MODES)}", lambda v: v in LR_MODES),
+    ("algorithm.first_order_until", ">= 0", lambda v: v >= 0),
+    ("algorithm.msl_iterations", ">= 0", lambda v: v >= 0),
+    ("algorithm.inner_batch_size", ">= 1, or null for the whole support set", lambda v: v >= 1),
+    ("inner.betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
     ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
     ("eval.batch_size", ">= 1", lambda v: v >= 1),
     ("task.shots", ">= 1", lambda v: v >= 1),

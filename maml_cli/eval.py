@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from maml_cli import checkpoint, distributed
-from maml_cli.build import build
+from maml_cli.build import build, load_weights
 from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
 from maml_cli.errors import UserError
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> dict:
     validate(run_cfg)
     run = build(run_cfg)
     try:
-        run.model.load_state_dict(state["model"])
+        load_weights(run, state)
     except RuntimeError as e:
         raise UserError(f"{path} does not fit its own config's model: "
                         f"{str(e).splitlines()[0]}") from None

@@ -26,9 +26,11 @@ def sinusoid_fit(run: Run, seed: int, steps: tuple[int, ...] = (1, 10)):
     params = {k: p.detach() for k, p in run.model.named_parameters()}
     buffers = dict(run.model.named_buffers())
 
+    predictions = list(run.algorithm.predictions(params, buffers, episode.support_x,
+                                                 episode.support_y, episode.query_x, max(steps)))
+
     def predict(n):
-        fast = run.algorithm.adapt(params, buffers, episode.support_x, episode.support_y, n)
-        return run.algorithm.forward(fast, buffers, episode.query_x).cpu().view(-1)
+        return predictions[n].cpu().view(-1)
 
     x = episode.query_x.cpu().view(-1)
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -69,6 +69,31 @@ class Conv4Config(Target):
 @dataclass
 class MAMLConfig(Target):
     first_order: bool = MISSING
+    first_order_until: int = MISSING
+    adapt: str = MISSING
+    lr_mode: str = MISSING
+    per_step_norm: bool = MISSING
+    multi_step_loss: bool = MISSING
+    msl_iterations: int = MISSING
+    inner_batch_size: int | None = MISSING
+
+
+@dataclass
+class ReptileConfig(Target):
+    inner_batch_size: int | None = MISSING
+
+
+@dataclass
+class InnerConfig(Target):
+    lr: float = MISSING
+    steps: int = MISSING
+    eval_steps: int = MISSING
+
+
+@dataclass
+class InnerAdamConfig(InnerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
 
 
 # Outer optimizers: the keys people tune, with torch's defaults, so `outer.weight_decay=1e-4`
@@ -95,7 +120,9 @@ SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
              "miniimagenet": MiniImageNetConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config},
-    "algorithm": {"maml": MAMLConfig},
+    "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
+                  "pretrain": Target, "protonet": Target},
+    "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},
     "outer": {"adam": AdamConfig, "sgd": SGDConfig},
 }
 

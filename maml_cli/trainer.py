@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from maml_cli import checkpoint, distributed
-from maml_cli.build import Run, make_optimizer
+from maml_cli.build import Run, load_weights, make_optimizer, meta_parameters
 from maml_cli.errors import UserError
 from maml_cli.evaluate import adaptation_curves, mean_ci95
 from maml_cli.figures import sinusoid_fit
@@ -28,6 +28,15 @@ VAL_SEED_OFFSET = 7_919
 # Under trainer.nan_policy=skip, this many non-finite meta-batches in a row stop the run anyway:
 # then the meta-parameters themselves are broken, and skipping would spin forever.
 MAX_CONSECUTIVE_SKIPS = 20
+
+
+def lr_factor(schedule: str, iterations: int, floor: float):
+    """The outer learning rate's factor after t iterations: constant, or annealed from 1 to
+    `floor` (min_lr / lr) over the run by a half cosine (MAML++) or a line (Reptile)."""
+    shapes = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+              "linear": lambda p: 1 - p}
+    shape = shapes[schedule]
+    return lambda t: floor + (1 - floor) * shape(min(t / max(iterations, 1), 1.0))
 
 
 def seed_all(seed: int) -> None:
@@ -75,7 +84,10 @@ def stop_requests():
 class Trainer:
     def __init__(self, cfg: DictConfig, run: Run, run_dir: Path, resume: dict | None = None):
         self.cfg, self.run, self.run_dir = cfg, run, run_dir
-        self.optimizer = make_optimizer(cfg, run.model)
+        self.optimizer = make_optimizer(cfg, run)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(cfg.trainer.lr_schedule, cfg.trainer.iterations,
+                                      cfg.trainer.min_lr / cfg.outer.lr))
         self.group = distributed.group()
         self.stopping = False  # all ranks agree on it (distributed.average)
         self.generator = torch.Generator(run.device).manual_seed(cfg.seed)
@@ -89,8 +101,9 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         try:
-            self.run.model.load_state_dict(state["model"])
+            load_weights(self.run, state)
             self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"checkpoint does not fit this model/optimizer: "
                             f"{str(e).splitlines()[0]}") from None
@@ -105,7 +118,9 @@ class Trainer:
         return {
             "iteration": self.iteration,
             "model": self.run.model.state_dict(),
+            "algorithm": self.run.algorithm.learned.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "rng": {**rng_state(), "sampler": self.generator.get_state()},
             "best": self.best,
             "skipped": self.skipped,
@@ -157,6 +172,7 @@ class Trainer:
         cfg, run = self.cfg, self.run
         tc, name = cfg.trainer, run.task.metric_name
         params, buffers = dict(run.model.named_parameters()), dict(run.model.named_buffers())
+        weights = meta_parameters(run)
         started, sums, window_start, window_iters = time.perf_counter(), {}, time.perf_counter(), 0
         last: dict[str, float] = {}
         # The tracker closes (flushing its events) on every way out, errors and signals too.
@@ -168,7 +184,7 @@ class Trainer:
                 self.untrained = self.validate(tracker)
             while self.iteration < tc.iterations:
                 self.iteration += 1
-                metrics = self._step(params, buffers, bool(stop))
+                metrics = self._step(params, buffers, weights, bool(stop))
                 if metrics is not None:
                     # Summed on the device; read back (a sync) only once per log window.
                     sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
@@ -179,7 +195,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     scalars = {"train/skipped_meta_batches": self.skipped,
                                "lr/outer": self.optimizer.param_groups[0]["lr"],
-                               "lr/inner": cfg.inner.lr}
+                               "lr/inner": float(run.algorithm.inner_lr())}
                     if window_iters:
                         means = {k: v / window_iters for k, v in sums.items()}
                         if self.group.world > 1:
@@ -231,7 +247,7 @@ class Trainer:
                     self.run.task.metric_name, self.cfg.trainer.val_every, worst)
         return worst
 
-    def _step(self, params, buffers, stop_requested: bool) -> dict | None:
+    def _step(self, params, buffers, weights, stop_requested: bool) -> dict | None:
         """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""
         cfg, run, group = self.cfg, self.run, self.group
         episode = run.task.sample("train", cfg.trainer.meta_batch_size, self.generator)
@@ -239,9 +255,10 @@ class Trainer:
             share = cfg.trainer.meta_batch_size // group.world
             episode = episode[group.rank * share:(group.rank + 1) * share]
         self.optimizer.zero_grad(set_to_none=True)
+        run.algorithm.start_iteration(self.iteration)
         loss, metrics = run.engine.meta_backward(run.algorithm, params, buffers, episode,
                                                  cfg.inner.steps)
-        grads = [p.grad for p in params.values() if p.grad is not None]
+        grads = [p.grad for p in weights if p.grad is not None]
         self.stopping = stop_requested
         if group.world > 1:
             loss, self.stopping = distributed.average(grads, loss, stop_requested)
@@ -253,12 +270,14 @@ class Trainer:
                 if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                     self.first_bad.fill_(self.iteration)
                     self._check_finite()
+                self.schedule.step()
                 return None
             self.consecutive_skips = 0
         else:
             self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad,
                                          self.iteration)
         self.optimizer.step()
+        self.schedule.step()
         return metrics
 
     def _stop(self, signum: int) -> None:

@@ -35,3 +35,14 @@ def test_every_implementation_computes_the_reference_meta_gradient(first_order):
     reference = grads.pop("naive loop")
     for label, grad in grads.items():
         assert (grad - reference).norm() <= 1e-9 * reference.norm(), label
+
+
+def test_every_algorithm_is_timed_on_classification_and_protonet_skips_regression():
+    tiny = bench.Workload("tiny conv4", tasks=2, steps=1, lr=0.1, ways=3, shots=1, queries=1,
+                          repeats=1)
+    for workload, has_protonet in ((tiny, True), (SMALL, False)):
+        result = bench.bench_algorithms("tiny", workload, torch.device("cpu"))
+        assert ("protonet" in result["rows"]) == has_protonet
+        assert set(result["rows"]) | {"protonet"} == set(bench.ALGORITHMS)
+        assert result["rows"]["maml"]["x_maml"] == 1
+        assert all(row["it_per_s"] > 0 for row in result["rows"].values())

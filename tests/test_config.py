@@ -52,6 +52,12 @@ OUT_OF_RANGE = [
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
     ("trainer.keep_last=-1", "trainer.keep_last"), ("trainer.log_every=0", "trainer.log_every"),
     ("trainer.nan_policy=ignore", "trainer.nan_policy"),
+    ("trainer.lr_schedule=step", "trainer.lr_schedule"), ("trainer.min_lr=-1", "trainer.min_lr"),
+    ("algorithm.adapt=body", "algorithm.adapt"), ("algorithm.lr_mode=learned", "algorithm.lr_mode"),
+    ("algorithm.first_order_until=-1", "algorithm.first_order_until"),
+    ("algorithm.msl_iterations=-1", "algorithm.msl_iterations"),
+    ("algorithm.inner_batch_size=0", "algorithm.inner_batch_size"),
+    ("inner=adam inner.betas=[0.9,1.0]", "inner.betas"),
     ("eval.tasks=1", "eval.tasks"), ("eval.batch_size=0", "eval.batch_size"),
     ("task.shots=0", "task.shots"), ("task.queries=0", "task.queries"),
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
@@ -74,7 +80,8 @@ def test_every_rule_is_tried_and_documented():
 
 
 def test_every_rule_names_a_real_key():
-    configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"))
+    configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"),
+               compose_train("inner=adam"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key

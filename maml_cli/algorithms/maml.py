@@ -1,66 +1,167 @@
-"""MAML (Finn et al. 2017) and its first-order approximation FOMAML."""
+"""MAML (Finn et al. 2017) with its first-order approximation and its family's inner-loop
+variants, each an option of the one inner loop: Meta-SGD's learned per-parameter rates (Li et al.
+2017), ANIL's head-only adaptation (Raghu et al. 2020) and the MAML++ switches (Antoniou et al.
+2019): multi-step loss, per-layer per-step rates, per-step norm weights, and
+derivative-order annealing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-Params = dict[str, Tensor]
+from maml_cli.algorithms.base import Algorithm, Params, split_head
+from maml_cli.errors import UserError
+
+ADAPT = ("all", "head")
+LR_MODES = ("fixed", "per_layer_step", "per_parameter")
+# MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
+MSL_MIN_SHARE = 0.03
 
 
-class MAML:
-    """Inner loop: `steps` SGD steps on the support loss from the meta-parameters.
+def _key(name: str) -> str:
+    return name.replace(".", "/")  # module attribute names cannot hold dots
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.batchnorm._NormBase)
+            or type(module).__name__ == "BatchStatNorm")
+
+
+class MAML(Algorithm):
+    """Inner loop: `inner.steps` steps of the inner optimizer on the support loss, from the
+    meta-parameters; the meta-objective is the query loss after them.
 
     Second order: the inner gradients stay in the graph, so the meta-gradient is the exact
     gradient of the query loss through the unrolled inner loop. First order (FOMAML): the inner
-    gradients are treated as constants, so the meta-gradient is the query-loss gradient at the
-    adapted parameters.
+    gradients are constants, so the meta-gradient is the query-loss gradient at the adapted
+    parameters. `first_order_until=N` trains first order for iterations 1..N, then second order.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor],
-        metric_fn: Callable[[Tensor, Tensor], Tensor],
-        lr: float,
-        first_order: bool = False,
-    ):
-        self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
-        self.lr, self.first_order = lr, first_order
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, first_order=False,
+                 first_order_until=0, adapt="all", lr_mode="fixed", per_step_norm=False,
+                 multi_step_loss=False, msl_iterations=0, inner_batch_size=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+        if adapt not in ADAPT or lr_mode not in LR_MODES:
+            raise UserError(f"algorithm.adapt must be one of {', '.join(ADAPT)} and "
+                            f"algorithm.lr_mode one of {', '.join(LR_MODES)}")
+        if adapt == "head" and per_step_norm:
+            raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
+                            "the body runs once per task, not once per step")
+        self.first_order, self.first_order_until = first_order, first_order_until
+        self.multi_step_loss, self.msl_iterations = multi_step_loss, msl_iterations
+        self.inner_batch_size, self.lr_mode = inner_batch_size, lr_mode
+        self.num_steps = max(inner.steps, 1)  # rows of every per-step table
+        self.body = self.head = None
+        if adapt == "head":
+            self.body, self.head, self.head_prefix = split_head(model, "algorithm.adapt=head")
+        # Per-step norm weights stand in for the model's own (then unused) and are not adapted
+        # in the inner loop, as in MAML++. Its per-step running statistics have no counterpart:
+        # MAML++ normalises with batch statistics in training and test alike, as conv4's norm
+        # does, so no running statistics are ever used (or kept).
+        self.norm_params = {}
+        for name, module in model.named_modules() if per_step_norm else ():
+            if _is_norm(module):
+                for short, value in module.named_parameters(recurse=False):
+                    self.norm_params[f"{name}.{short}"] = value.detach().expand(
+                        self.num_steps, *value.shape).clone()
+        self.lrs = {}
+        for name in self._adapted_names():
+            p = model.get_parameter(name).detach()
+            if lr_mode == "per_layer_step":
+                self.lrs[name] = torch.full((self.num_steps,), float(inner.lr)).to(p)
+            elif lr_mode == "per_parameter":
+                self.lrs[name] = torch.full_like(p, inner.lr)
+        for prefix, table in (("lr", self.lrs), ("norm", self.norm_params)):
+            for name, value in table.items():
+                table[name] = nn.Parameter(value)
+                self.learned.register_parameter(f"{prefix}:{_key(name)}", table[name])
 
-    def forward(self, params: Params, buffers: Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, (params, buffers), (x,))
+    def _adapted_names(self) -> list[str]:
+        names = [n for n, _ in self.model.named_parameters() if n not in self.norm_params]
+        return [n for n in names if n.startswith(self.head_prefix)] if self.head else names
 
-    def adapt(self, params: Params, buffers: Params, x: Tensor, y: Tensor, steps: int) -> Params:
-        support_grad = grad(lambda p: self.loss_fn(self.forward(p, buffers, x), y))
-        for _ in range(steps):
-            grads = support_grad(params)
-            if self.first_order:
+    def _lr(self, step: int) -> dict:
+        if self.lr_mode == "per_layer_step":
+            return {k: v[min(step, self.num_steps - 1)] for k, v in self.lrs.items()}
+        if self.lr_mode == "per_parameter":
+            return self.lrs
+        return dict.fromkeys(self._adapted_names(), self.inner.lr)
+
+    def inner_lr(self):
+        if not self.lrs:
+            return self.inner.lr
+        return torch.cat([v.detach().flatten() for v in self.lrs.values()]).mean()
+
+    def _first_order(self) -> bool:
+        return self.first_order or 0 < self.iteration <= self.first_order_until
+
+    def step_weights(self, steps: int) -> list[float] | None:
+        """MAML++'s multi-step loss: the weights of the query losses after steps 1..steps, from
+        uniform at iteration 1 towards the last step alone, reached after msl_iterations; None
+        once only the last step counts (or when the option is off)."""
+        if not self.multi_step_loss or steps < 2 or self.iteration > self.msl_iterations:
+            return None
+        progress = (self.iteration - 1) / max(self.msl_iterations, 1)
+        others = [max((1 - progress) / steps, MSL_MIN_SHARE / steps)] * (steps - 1)
+        return [*others, 1 - sum(others)]
+
+    def _batch(self, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """The support minibatch of one inner step: consecutive slices, wrapping around (the
+        image tasks order the support one image of every class at a time)."""
+        n, size = x.shape[0], self.inner_batch_size
+        if size is None or size >= n:
+            return x, y
+        index = (torch.arange(size, device=x.device) + step * size) % n
+        return x[index], y[index]
+
+    def trajectory(self, params, buffers, support_x, support_y, query_x, steps: int,
+                   first_order: bool) -> Iterator[tuple[Params, callable]]:
+        """After 0, 1, ..., steps inner steps: (the adapted parameters, a function of no
+        arguments giving the query predictions with them)."""
+        if self.head is not None:  # ANIL: the body's features once, the head adapts on them
+            body = {k: v for k, v in params.items() if not k.startswith(self.head_prefix)}
+            support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
+                                  for x in (support_x, query_x))
+        fast = {k: params[k] for k in self._adapted_names()}
+        fixed = {k: v for k, v in params.items() if k not in fast}
+
+        def predict(p: Params, x: Tensor, step: int) -> Tensor:
+            if self.head is not None:
+                p = {k.removeprefix(self.head_prefix): v for k, v in p.items()}
+                return functional_call(self.head, p, (x,))
+            row = min(step, self.num_steps - 1)
+            norm = {k: v[row] for k, v in self.norm_params.items()}
+            return functional_call(self.model, ({**fixed, **p, **norm}, buffers), (x,))
+
+        state = self.inner.init(fast)
+        yield fast, lambda p=fast: predict(p, query_x, 0)
+        for step in range(steps):
+            x, y = self._batch(support_x, support_y, step)
+            grads = grad(lambda p: self.loss_fn(predict(p, x, step), y))(fast)
+            if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
-            params = {k: p - self.lr * grads[k] for k, p in params.items()}
-        return params
+            fast, state = self.inner.step(fast, grads, state, self._lr(step))
+            # MAML++'s indexing: the query after step s+1 uses the norm row of step s.
+            yield fast, lambda p=fast, s=step: predict(p, query_x, s)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        """One task: (query loss after adaptation, metrics before and after)."""
+        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, steps,
+                                    self._first_order()))
         with torch.no_grad():
-            before = self.forward(params, buffers, query_x)
-        fast = self.adapt(params, buffers, support_x, support_y, steps)
-        after = self.forward(fast, buffers, query_x)
-        loss = self.loss_fn(after, query_y)
-        return loss, {
-            "loss_pre": self.loss_fn(before, query_y),
-            "loss_post": loss.detach(),
-            "metric_pre": self.metric_fn(before, query_y),
-            "metric_post": self.metric_fn(after.detach(), query_y),
-        }
+            before = path[0][1]()
+        after = path[-1][1]()
+        weights = self.step_weights(steps)
+        if weights is None:
+            loss = self.loss_fn(after, query_y)
+        else:
+            outputs = [predict() for _, predict in path[1:-1]] + [after]
+            loss = sum(w * self.loss_fn(o, query_y) for w, o in zip(weights, outputs))
+        return loss, self.metrics(before, after, query_y)
 
-    def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        """One task: the query metric after 0, 1, ..., steps inner steps, shape [steps + 1]."""
-        values = [self.metric_fn(self.forward(params, buffers, query_x), query_y)]
-        for _ in range(steps):
-            params = self.adapt(params, buffers, support_x, support_y, 1)
-            values.append(self.metric_fn(self.forward(params, buffers, query_x), query_y))
-        return torch.stack(values)
+    def predictions(self, params, buffers, support_x, support_y, query_x, steps: int):
+        for _, predict in self.trajectory(params, buffers, support_x, support_y, query_x, steps,
+                                          first_order=True):
+            yield predict()

@@ -111,7 +111,10 @@ class ImageTasks(TaskFamily):
         y = torch.arange(self.ways, device=self.device).view(1, -1, 1).expand_as(rows)
 
         def take(part):
-            return (x[:, :, part].flatten(1, 2), y[:, :, part].flatten(1, 2))
+            # One image of every class, then the next: any consecutive slice (an inner
+            # minibatch) is as balanced as it can be.
+            return (x[:, :, part].transpose(1, 2).flatten(1, 2),
+                    y[:, :, part].transpose(1, 2).flatten(1, 2))
 
         return Episode(*take(slice(0, self.shots)), *take(slice(self.shots, None)))
 

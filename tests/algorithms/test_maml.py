@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.engine import STRATEGIES, Engine
 from maml_cli.episode import Episode
@@ -94,7 +95,7 @@ def first_order_formula(weights, case, steps):
 def engine_meta_gradient(model_name, strategy, first_order, steps, seed=0):
     case = CASES[model_name](seed, tasks=4)
     model, loss_fn, metric_fn, episode, _ = case
-    algorithm = MAML(model, loss_fn, metric_fn, lr=LR, first_order=first_order)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR), first_order=first_order)
     params = dict(model.named_parameters())
     Engine(strategy).meta_backward(algorithm, params, {}, episode, steps)
     return [p.grad for p in params.values()], list(params.values()), case
@@ -148,7 +149,7 @@ def test_zero_inner_steps_is_plain_multitask_loss():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_adaptation_curve_tracks_metric_after_each_step(strategy):
     model, loss_fn, metric_fn, episode, naive_forward = sinusoid_case(0, tasks=3)
-    algorithm = MAML(model, loss_fn, metric_fn, lr=LR)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = {k: p.detach() for k, p in model.named_parameters()}
     with torch.no_grad():
         curves = Engine(strategy).map_tasks(algorithm.adaptation_curve, params, {}, episode,
@@ -168,7 +169,7 @@ def test_adaptation_curve_tracks_metric_after_each_step(strategy):
 
 def test_task_loss_reports_metrics_before_and_after_adaptation():
     model, loss_fn, metric_fn, episode, naive_forward = sinusoid_case(0, tasks=2)
-    algorithm = MAML(model, loss_fn, metric_fn, lr=LR)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = dict(model.named_parameters())
     _, metrics = Engine("loop").meta_backward(algorithm, params, {}, episode, 1)
     weights = [p.detach() for p in params.values()]

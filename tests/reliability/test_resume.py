@@ -7,7 +7,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.helpers import ok, run_cli, with_fault
 
-COMMON = ["trainer.iterations=30", "trainer.log_every=5", "trainer.val_every=10",
+# Meta-SGD and a cosine schedule: the algorithm's own weights and the schedule resume too.
+COMMON = ["algorithm=metasgd", "trainer.lr_schedule=cosine",
+          "trainer.iterations=30", "trainer.log_every=5", "trainer.val_every=10",
           "trainer.val_tasks=10", "trainer.checkpoint_every=10"]
 
 

@@ -1,0 +1,68 @@
+"""What every algorithm shares: the model called functionally, the task's loss and metric, the
+inner optimizer, and `learned`, the algorithm's own meta-parameters (learned inner rates,
+per-step norm weights), which are trained and checkpointed beside the model's."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from maml_cli.algorithms.inner import SGD
+from maml_cli.errors import UserError
+
+Params = dict[str, Tensor]
+
+
+def split_head(model: nn.Module, algorithm: str) -> tuple[nn.Sequential, nn.Module, str]:
+    """(body, head, the head's parameter-name prefix): the head is the last layer of an
+    nn.Sequential. The body keeps the model's parameter names."""
+    if not isinstance(model, nn.Sequential) or not list(model[-1].parameters()):
+        raise UserError(f"{algorithm} needs a model whose last layer is its head (an "
+                        f"nn.Sequential ending in a layer with weights, as mlp and conv4 are)")
+    names = list(model._modules)
+    body = nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[:-1]))
+    return body, model._modules[names[-1]], f"{names[-1]}."
+
+
+class Algorithm:
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                 metric_fn: Callable[[Tensor, Tensor], Tensor], inner: SGD,
+                 num_classes: int | None = None):
+        self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
+        self.inner, self.num_classes = inner, num_classes
+        self.learned = nn.Module()
+        self.iteration = 0  # the meta-iteration being trained, for schedules inside the algorithm
+
+    def start_iteration(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def forward(self, params: Params, buffers: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, (params, buffers), (x,))
+
+    def inner_lr(self) -> float | Tensor:
+        """The inner learning rate, for logging (the mean, where rates are learned)."""
+        return self.inner.lr
+
+    def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        """One task: (the loss whose gradient is the task's meta-gradient, metrics)."""
+        raise NotImplementedError
+
+    def predictions(self, params, buffers, support_x, support_y, query_x,
+                    steps: int) -> Iterator[Tensor]:
+        """The query predictions after 0, 1, ..., steps inner steps on the support set."""
+        raise NotImplementedError
+
+    def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        """One task: the query metric after 0, 1, ..., steps inner steps, shape [steps + 1]."""
+        return torch.stack([self.metric_fn(p, query_y) for p in
+                            self.predictions(params, buffers, support_x, support_y, query_x, steps)])
+
+    def metrics(self, before: Tensor, after: Tensor, query_y: Tensor) -> dict[str, Tensor]:
+        before, after = before.detach(), after.detach()
+        return {"loss_pre": self.loss_fn(before, query_y), "loss_post": self.loss_fn(after, query_y),
+                "metric_pre": self.metric_fn(before, query_y),
+                "metric_post": self.metric_fn(after, query_y)}

@@ -1,0 +1,23 @@
+"""The MAML paper's "pretrained" baseline: ordinary training on all tasks' data, no inner loop
+in training; at test time it fine-tunes exactly as MAML adapts."""
+
+from __future__ import annotations
+
+import torch
+
+from maml_cli.algorithms.maml import MAML
+
+
+class Pretrain(MAML):
+    """One network regressed (or classified) jointly on every task's support and query data.
+    On image tasks the labels are each task's own shuffled class order, so joint training can
+    only learn features, not a classifier; the paper ran this baseline on sinusoids only."""
+
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+
+    def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        out = self.forward(params, buffers, torch.cat([support_x, query_x]))
+        loss = self.loss_fn(out, torch.cat([support_y, query_y]))
+        query = out[support_x.shape[0]:]
+        return loss, self.metrics(query, query, query_y)

@@ -1,0 +1,39 @@
+"""Prototypical Networks (Snell et al. 2017), the non-gradient baseline: a class's prototype is
+the mean support embedding of its images; a query's logits are minus its squared Euclidean
+distances to the prototypes. No inner loop."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from maml_cli.algorithms.base import Algorithm, split_head
+from maml_cli.errors import UserError
+
+
+class ProtoNet(Algorithm):
+    """The embedding is the model without its last layer (conv4's body: 64 features on
+    Omniglot); the head is never used and its weights never change."""
+
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None):
+        if num_classes is None:
+            raise UserError("algorithm=protonet needs a classification task (one with task.ways)")
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+        self.body, _, self.head_prefix = split_head(model, "algorithm=protonet")
+
+    def logits(self, params, buffers, support_x, support_y, query_x):
+        body = {k: v for k, v in params.items() if not k.startswith(self.head_prefix)}
+        support, query = (functional_call(self.body, (body, buffers), (x,)).flatten(1)
+                          for x in (support_x, query_x))
+        members = F.one_hot(support_y, self.num_classes).to(support.dtype)  # [support, classes]
+        prototypes = (members.T @ support) / members.sum(0)[:, None]
+        return -(query[:, None] - prototypes[None]).pow(2).sum(-1)
+
+    def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        logits = self.logits(params, buffers, support_x, support_y, query_x)
+        return self.loss_fn(logits, query_y), self.metrics(logits, logits, query_y)
+
+    def predictions(self, params, buffers, support_x, support_y, query_x, steps: int):
+        """The same at every step count: nothing adapts."""
+        logits = self.logits(params, buffers, support_x, support_y, query_x)
+        return [logits] * (steps + 1)

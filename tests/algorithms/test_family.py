@@ -1,0 +1,257 @@
+"""The MAML family's update rules against naive references on tiny inputs, in float64: Meta-SGD,
+LSLR, ANIL, the multi-step loss, per-step norms, derivative-order annealing, Reptile, the
+pretrained baseline and Prototypical Networks, under every engine strategy."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maml_cli.algorithms.inner import SGD, Adam
+from maml_cli.algorithms.maml import MAML
+from maml_cli.algorithms.pretrain import Pretrain
+from maml_cli.algorithms.protonet import ProtoNet
+from maml_cli.algorithms.reptile import Reptile
+from maml_cli.engine import STRATEGIES, Engine
+from maml_cli.errors import UserError
+from tests.algorithms.test_maml import CASES, LR, assert_close
+
+STRATEGY = pytest.mark.parametrize("strategy", STRATEGIES)
+MODELS = pytest.mark.parametrize("model_name", list(CASES))
+
+
+def meta_gradient(algorithm, model, episode, strategy, steps):
+    """The engine's meta-gradient of the model's and the algorithm's own weights."""
+    params = dict(model.named_parameters())
+    Engine(strategy).meta_backward(algorithm, params, {}, episode, steps)
+    return params, dict(algorithm.learned.named_parameters())
+
+
+def naive_objective(weights, case, steps, lr, adapted, norm=None, step_weights=None,
+                    first_order=False):
+    """Mean over tasks of the query loss after `steps` unrolled SGD steps, written out with
+    torch.autograd.grad on weight lists. lr(i, step): weight i's rate; `adapted`: indices that
+    the inner loop updates; norm: {index: [steps, ...] table} replacing weight i at each step."""
+    _, loss_fn, _, episode, forward = case
+
+    def at(ws, step):
+        ws = list(ws)
+        for i, table in (norm or {}).items():
+            ws[i] = table[min(step, table.shape[0] - 1)]
+        return ws
+
+    total = 0
+    for t in range(episode.num_tasks):
+        sx, sy, qx, qy = episode[t].tensors()
+        fast, losses = list(weights), []
+        for step in range(steps):
+            loss = loss_fn(forward(at(fast, step), sx), sy)
+            grads = torch.autograd.grad(loss, [fast[i] for i in adapted], create_graph=True)
+            for i, g in zip(adapted, grads):
+                fast[i] = fast[i] - lr(i, step) * (g.detach() if first_order else g)
+            losses.append(loss_fn(forward(at(fast, step), qx), qy))
+        weights_ = step_weights or [0] * (steps - 1) + [1]
+        total = total + sum(w * q for w, q in zip(weights_, losses))
+    return total / episode.num_tasks
+
+
+def grads_of(objective, tensors):
+    return [g if g is not None else torch.zeros_like(t)
+            for g, t in zip(torch.autograd.grad(objective, tensors, allow_unused=True), tensors)]
+
+
+def engine_grads(tensors):
+    return [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+
+
+@MODELS
+@STRATEGY
+@pytest.mark.parametrize("lr_mode", ["per_parameter", "per_layer_step"])
+def test_learned_inner_rates_get_the_exact_meta_gradient(model_name, strategy, lr_mode):
+    """Meta-SGD (a rate per weight) and LSLR (a rate per tensor and step): the meta-gradient
+    reaches the rates and equals the unrolled reference's."""
+    model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](0, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), lr_mode=lr_mode)
+    with torch.no_grad():  # distinct rates, so that a mix-up of steps or tensors shows
+        for r in algorithm.lrs.values():
+            r.mul_(torch.rand_like(r) + 0.5)
+    params, learned = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    weights, names = list(params.values()), list(params)
+    rates = [algorithm.lrs[n] for n in names]
+    if lr_mode == "per_parameter":
+        def lr(i, step): return rates[i]
+    else:
+        def lr(i, step): return rates[i][step]
+    want = grads_of(naive_objective(weights, case, 2, lr, range(len(weights))), weights + rates)
+    assert all(torch.linalg.norm(r.grad) > 0 for r in rates)
+    assert_close(engine_grads(weights + rates), want)
+    assert set(learned) == {f"lr:{n.replace('.', '/')}" for n in names}
+
+
+@MODELS
+@STRATEGY
+def test_anil_adapts_only_the_head_and_trains_the_body_through_it(model_name, strategy):
+    model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](1, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=3), adapt="head")
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=3)
+    weights = list(params.values())
+    head = [len(weights) - 2, len(weights) - 1]  # the last Linear's weight and bias
+    want = grads_of(naive_objective(weights, case, 3, lambda i, s: LR, head), weights)
+    assert_close(engine_grads(weights), want)
+    assert torch.linalg.norm(weights[0].grad) > 0  # the body is meta-learned
+    path = list(algorithm.trajectory(params, {}, *episode[0].tensors()[:3], 3, True))
+    assert set(path[-1][0]) == {n for n in params if n.startswith(algorithm.head_prefix)}
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_multi_step_loss_weights_sum_to_one_and_anneal_to_the_last_step(steps):
+    model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=steps), multi_step_loss=True,
+                     msl_iterations=100)
+    seen = []
+    for iteration in (1, 30, 60, 100, 101):
+        algorithm.start_iteration(iteration)
+        seen.append(algorithm.step_weights(steps))
+    assert seen[0] == pytest.approx([1 / steps] * steps)  # uniform at first
+    for weights in seen[:-1]:
+        assert sum(weights) == pytest.approx(1) and min(weights) >= 0.03 / steps - 1e-12
+    assert [w[-1] for w in seen[:-1]] == sorted(w[-1] for w in seen[:-1])  # last step gains
+    assert seen[-1] is None  # after msl_iterations: the last step's loss alone
+
+
+@MODELS
+@STRATEGY
+def test_mamlpp_switches_together_match_the_reference(model_name, strategy):
+    """Multi-step loss, per-step rates and (conv4) per-step norm weights, all at once."""
+    model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](2, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=3), lr_mode="per_layer_step",
+                     per_step_norm=True, multi_step_loss=True, msl_iterations=10)
+    algorithm.start_iteration(4)
+    with torch.no_grad():
+        for table in (*algorithm.lrs.values(), *algorithm.norm_params.values()):
+            table.mul_(torch.rand_like(table) + 0.5)
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=3)
+    names, weights = list(params), list(params.values())
+    norm = {i: algorithm.norm_params[n] for i, n in enumerate(names) if n in algorithm.norm_params}
+    assert (model_name == "conv4") == bool(norm)
+    adapted = [i for i in range(len(names)) if i not in norm]
+    rates = {i: algorithm.lrs[names[i]] for i in adapted}
+    objective = naive_objective(weights, case, 3, lambda i, s: rates[i][s], adapted, norm,
+                                step_weights=algorithm.step_weights(3))
+    tables = list(rates.values()) + list(norm.values())
+    assert_close(engine_grads(weights + tables), grads_of(objective, weights + tables))
+    assert all(weights[i].grad is None for i in norm)  # the model's own norm weights are unused
+
+
+@STRATEGY
+def test_derivative_order_annealing_switches_from_first_to_second_order(strategy):
+    model, loss_fn, metric_fn, episode, _ = case = CASES["mlp"](3, tasks=2)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), first_order_until=5)
+    weights = list(model.parameters())
+    every = range(len(weights))
+    for iteration, first_order in ((5, True), (6, False)):
+        model.zero_grad()
+        algorithm.start_iteration(iteration)
+        meta_gradient(algorithm, model, episode, strategy, steps=2)
+        want = grads_of(naive_objective(weights, case, 2, lambda i, s: LR, every,
+                                        first_order=first_order), weights)
+        assert_close(engine_grads(weights), want)
+
+
+def naive_reptile_targets(model, episode, make_optimizer, steps, batch=None):
+    """Each task's adapted weights, by torch.optim on a deep copy of the model."""
+    import copy
+
+    adapted = []
+    for t in range(episode.num_tasks):
+        clone = copy.deepcopy(model)
+        optimizer = make_optimizer(clone.parameters())
+        sx, sy = episode.support_x[t], episode.support_y[t]
+        for step in range(steps):
+            index = (torch.arange(batch or len(sx)) + step * (batch or 0)) % len(sx)
+            optimizer.zero_grad()
+            F.mse_loss(clone(sx[index]), sy[index]).backward()
+            optimizer.step()
+        adapted.append([p.detach() for p in clone.parameters()])
+    return [torch.stack(ps).mean(0) for ps in zip(*adapted)]
+
+
+@STRATEGY
+@pytest.mark.parametrize("inner", ["sgd", "adam"])
+def test_reptile_meta_step_is_the_interpolation_towards_the_adapted_weights(strategy, inner):
+    model, loss_fn, metric_fn, episode, _ = CASES["mlp"](4, tasks=3)
+    if inner == "sgd":
+        rule, reference = SGD(LR, steps=4), lambda ps: torch.optim.SGD(ps, lr=LR)
+    else:
+        rule = Adam(0.01, steps=4, betas=(0.0, 0.999))
+        reference = lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.0, 0.999))  # noqa: E731
+    algorithm = Reptile(model, loss_fn, metric_fn, rule, inner_batch_size=3)
+    phi = naive_reptile_targets(model, episode, reference, 4, batch=3)
+    theta = [p.detach().clone() for p in model.parameters()]
+    epsilon = 0.3
+    optimizer = torch.optim.SGD(model.parameters(), lr=epsilon)
+    meta_gradient(algorithm, model, episode, strategy, steps=4)
+    optimizer.step()
+    want = [t + epsilon * (f - t) for t, f in zip(theta, phi)]
+    assert_close(list(model.parameters()), want, rtol=1e-9)
+
+
+@STRATEGY
+def test_pretrain_is_plain_joint_training_on_every_tasks_data(strategy):
+    model, loss_fn, metric_fn, episode, forward = CASES["mlp"](5, tasks=3)
+    algorithm = Pretrain(model, loss_fn, metric_fn, SGD(LR))
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=1)
+    weights = list(params.values())
+    objective = sum(F.mse_loss(forward(weights, torch.cat([episode.support_x[t], episode.query_x[t]])),
+                               torch.cat([episode.support_y[t], episode.query_y[t]]))
+                    for t in range(3)) / 3
+    assert_close(engine_grads(weights), grads_of(objective, weights))
+
+
+@STRATEGY
+def test_protonet_logits_are_negative_squared_distances_to_class_means(strategy):
+    model, loss_fn, metric_fn, episode, forward = CASES["conv4"](6, tasks=2)
+    algorithm = ProtoNet(model, loss_fn, metric_fn, SGD(LR), num_classes=3)
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=1)
+    weights = list(params.values())
+
+    def embed(x):  # conv4 without its head, from the hand-written reference
+        captured = {}
+        forward(weights[:-2] + [_Capture(captured), torch.zeros(3, dtype=x.dtype)], x)
+        return captured["features"]
+
+    objective = 0
+    for t in range(2):
+        sx, sy, qx, qy = episode[t].tensors()
+        support, query = embed(sx), embed(qx)
+        prototypes = torch.stack([support[sy == c].mean(0) for c in range(3)])
+        logits = torch.stack([torch.stack([-((q - p) ** 2).sum() for p in prototypes])
+                              for q in query])
+        objective = objective + F.cross_entropy(logits, qy) / 2
+    assert_close(engine_grads(weights), grads_of(objective, weights))
+    assert weights[-1].grad is None and weights[-2].grad is None  # the head is never used
+    curve = Engine(strategy).map_tasks(algorithm.adaptation_curve, params, {}, episode, steps=2)
+    assert (curve == curve[:, :1]).all()  # no inner loop: every step count reports the same
+
+
+class _Capture:
+    """Stands in for the head's weight matrix: records the features it is multiplied with."""
+
+    def __init__(self, captured):
+        self.captured = captured
+
+    @property
+    def T(self):  # noqa: N802
+        return self
+
+    def __rmatmul__(self, features):
+        self.captured["features"] = features
+        return torch.zeros(features.shape[0], 3, dtype=features.dtype)
+
+
+def test_protonet_refuses_regression_and_anil_refuses_unsplittable_models():
+    model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
+    with pytest.raises(UserError, match="classification"):
+        ProtoNet(model, loss_fn, metric_fn, SGD(LR))
+    with pytest.raises(UserError, match="last layer"):
+        MAML(nn.Linear(2, 2), loss_fn, metric_fn, SGD(LR), adapt="head")
