@@ -70,8 +70,10 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
             fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
         finally:
             # A sweep's finished jobs keep their results; the summary says which ones failed.
-            if jobs.sweep_dir() is not None:
-                failed = jobs.summarize(jobs.sweep_dir())
+            # (None has a status when the sweep failed before its first job: that error stands.)
+            sweep = jobs.sweep_dir()
+            if sweep is not None and any(sweep.glob(f"*/{jobs.STATUS_FILE}")):
+                failed = jobs.summarize(sweep)
         distributed.close()
         if failed:
             first = failed[0]

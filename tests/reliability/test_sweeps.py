@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def test_failed_jobs_are_recorded_and_do_not_lose_the_others(tmp_path):
@@ -50,3 +50,11 @@ def test_a_failing_maml_eval_sweep_job_fails_the_command(trained_run, tmp_path):
     assert (tmp_path / "eval.json").is_file()  # the good job finished
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     assert proc.stderr.splitlines()[-1] == "maml-eval: error: checkpoint not found: nope.pt"
+
+
+def test_a_sweep_whose_job_cannot_be_composed_is_one_line(tmp_path):
+    """maml's algorithm.lr_mode does not exist for protonet: Hydra fails composing a job before
+    any job ran, and that error is the one line (there is no job status to summarise)."""
+    proc = run_cli("maml-train", "-m", "algorithm=maml,protonet", "algorithm.lr_mode=fixed",
+                   "trainer.iterations=1", "trainer.val_every=0", cwd=tmp_path)
+    assert_one_line_error(proc, "Key 'lr_mode' not in")
