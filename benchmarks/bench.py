@@ -363,7 +363,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     results = [bench(name, WORKLOADS[name], device, order == "first")
-               for name in args.workloads.split(",") for order in args.orders.split(",")]
+               for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
     info = machine(device)

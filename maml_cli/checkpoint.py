@@ -40,8 +40,21 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
+def on_cpu(obj):
+    """Every tensor in a nest of dicts, lists and tuples moved to the CPU, so that a checkpoint
+    written on a GPU loads with a plain torch.load(path, weights_only=True) anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": __version__, **state}, f))
+    state = on_cpu({"format": FORMAT, "version": __version__, **state})
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def locate(path: str | os.PathLike, prefer: str = "last.pt") -> Path:

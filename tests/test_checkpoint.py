@@ -17,6 +17,17 @@ def test_roundtrip_loads_with_plain_weights_only_torch_load(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
 
 
+def test_saved_state_keeps_its_structure_with_tensors_detached_on_the_cpu(tmp_path):
+    """(On a GPU, on_cpu is what lets a CPU machine read the file without map_location.)"""
+    weight = torch.ones(2, requires_grad=True)
+    state = {"model": {"w": weight * 2}, "rng": [torch.zeros(3, dtype=torch.uint8), (1, (2, 3))],
+             "best": None}
+    moved = checkpoint.on_cpu(state)
+    assert moved["rng"][1] == (1, (2, 3)) and moved["best"] is None
+    assert moved["model"]["w"].device.type == "cpu" and not moved["model"]["w"].requires_grad
+    assert torch.equal(moved["model"]["w"], torch.full((2,), 2.0))
+
+
 def test_failed_write_keeps_the_previous_file_intact(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.save(path, {"iteration": 1})

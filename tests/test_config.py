@@ -140,3 +140,18 @@ def test_paper_presets_carry_the_papers_hyperparameters(name, ways, shots, batch
         assert (cfg.model.filters, cfg.model.downsample, cfg.task.queries) == (32, "maxpool", 15)
     else:
         assert (cfg.model.filters, cfg.model.downsample) == (64, "stride")
+
+
+def test_family_presets_carry_their_papers_settings():
+    mamlpp = compose_train("+experiment=mamlpp_omniglot_5w1s")
+    assert (mamlpp.trainer.meta_batch_size, mamlpp.trainer.iterations) == (16, 150 * 500)
+    assert (mamlpp.inner.lr, mamlpp.inner.steps, mamlpp.inner.eval_steps) == (0.4, 5, 5)
+    assert mamlpp.algorithm.first_order_until == 80 * 500 and mamlpp.algorithm.per_step_norm
+    assert (mamlpp.algorithm.lr_mode, mamlpp.trainer.lr_schedule) == ("per_layer_step", "cosine")
+    assert (mamlpp.model.downsample, mamlpp.task.loss_scale) == ("maxpool", 1.0)
+    reptile = compose_train("+experiment=reptile_omniglot_5w1s")
+    assert reptile.inner._target_.endswith("Adam") and list(reptile.inner.betas) == [0.0, 0.999]
+    assert (reptile.inner.lr, reptile.inner.steps, reptile.inner.eval_steps) == (0.001, 5, 50)
+    assert (reptile.outer._target_, reptile.outer.lr) == ("torch.optim.SGD", 1.0)
+    assert (reptile.trainer.lr_schedule, reptile.trainer.min_lr) == ("linear", 0.0)
+    assert (reptile.task.shots, reptile.algorithm.inner_batch_size) == (10, 10)
