@@ -85,6 +85,9 @@ class TrainConfig(RunConfig):
 @dataclass
 class EvalRunConfig(RunConfig):
     checkpoint: str | None = None
+    # Other runs (dirs or eval.json files) evaluated before, drawn beside this one in
+    # eval_curve.png: e.g. the pretrained baseline beside MAML.
+    compare: list[str] = field(default_factory=list)
 
 
 def register_configs() -> None:

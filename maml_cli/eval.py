@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,7 +15,7 @@ from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
 from maml_cli.errors import UserError
 from maml_cli.evaluate import adaptation_curves, mean_ci95
-from maml_cli.figures import save_png, sinusoid_fit
+from maml_cli.figures import adaptation_curves_plot, save_png, sinusoid_fit
 from maml_cli.tracking import log, print_table
 
 register_configs()
@@ -27,7 +28,9 @@ def main(cfg: DictConfig) -> dict:
         raise UserError("checkpoint=<checkpoint file or run dir> is required")
     path = checkpoint.locate(cfg.checkpoint, prefer="best.pt")
     state = checkpoint.load(path)
-    run_cfg = from_checkpoint(state["config"], cfg, list(HydraConfig.get().overrides.task))
+    compared = [compared_report(c) for c in cfg.compare]
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("compare=")]
+    run_cfg = from_checkpoint(state["config"], cfg, overrides)
     validate(run_cfg)
     run = build(run_cfg)
     try:
@@ -43,8 +46,8 @@ def main(cfg: DictConfig) -> dict:
     results = [dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s]))))
                for s in range(steps + 1)]
     report = {
-        "checkpoint": str(path), "iteration": state["iteration"], "metric": name,
-        "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
+        "checkpoint": str(path), "iteration": state["iteration"], "label": label(run_cfg, path),
+        "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
     }
     if not group.main:  # under torchrun, rank 0 reports for all
         return report
@@ -53,9 +56,31 @@ def main(cfg: DictConfig) -> dict:
     figure = sinusoid_fit(run, ev.seed, (1, steps))
     if figure is not None:
         save_png(figure, path.parent / "eval_fit.png")
+    save_png(adaptation_curves_plot([report, *compared]), path.parent / "eval_curve.png")
     print_table(f"test {name}, {ev.tasks} tasks", ["inner steps", f"{name} (mean ± 95% CI)"],
                 [[str(r["steps"]), f"{r['mean']:.4f} ± {r['ci95']:.4f}"] for r in results])
     log.info("wrote %s", path.parent / "eval.json")
+    return report
+
+
+def label(cfg: DictConfig, path) -> str:
+    """What a curve is called in eval_curve.png: the algorithm's config class and its run."""
+    return f"{cfg.algorithm._target_.rsplit('.', 1)[-1]} ({path.parent.parent.name}/{path.name})"
+
+
+def compared_report(where: str) -> dict:
+    """The eval.json of an earlier maml-eval: a file, or the one beside a run dir's checkpoint."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        path = checkpoint.locate(path, prefer="best.pt").parent / "eval.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"compare: cannot read {path} ({type(e).__name__}); run maml-eval on "
+                        f"that run first") from None
+    if not isinstance(report, dict) or not {"results", "metric", "tasks"} <= set(report):
+        raise UserError(f"compare: {path} is not a maml-eval report")
+    report.setdefault("label", path.parent.parent.name)
     return report
 
 

@@ -46,6 +46,22 @@ def sinusoid_fit(run: Run, seed: int, steps: tuple[int, ...] = (1, 10)):
     return fig
 
 
+def adaptation_curves_plot(reports: list[dict]):
+    """The test metric (mean and 95% CI) against inner steps, one line per maml-eval report,
+    like the MAML paper's figure 3 (MAML against the pretrained baseline)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for report in reports:
+        steps = [r["steps"] for r in report["results"]]
+        mean = [r["mean"] for r in report["results"]]
+        ci = [r["ci95"] for r in report["results"]]
+        ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=report["label"])
+    ax.set_xlabel("inner gradient steps")
+    ax.set_ylabel(f"test {reports[0]['metric']} ({reports[0]['tasks']} tasks, 95% CI)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

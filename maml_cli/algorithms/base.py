@@ -58,11 +58,12 @@ class Algorithm:
 
     def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """One task: the query metric after 0, 1, ..., steps inner steps, shape [steps + 1]."""
-        return torch.stack([self.metric_fn(p, query_y) for p in
-                            self.predictions(params, buffers, support_x, support_y, query_x, steps)])
+        predictions = self.predictions(params, buffers, support_x, support_y, query_x, steps)
+        return torch.stack([self.metric_fn(p, query_y) for p in predictions])
 
     def metrics(self, before: Tensor, after: Tensor, query_y: Tensor) -> dict[str, Tensor]:
         before, after = before.detach(), after.detach()
-        return {"loss_pre": self.loss_fn(before, query_y), "loss_post": self.loss_fn(after, query_y),
+        return {"loss_pre": self.loss_fn(before, query_y),
+                "loss_post": self.loss_fn(after, query_y),
                 "metric_pre": self.metric_fn(before, query_y),
                 "metric_post": self.metric_fn(after, query_y)}

@@ -6,7 +6,7 @@ derivative-order annealing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -118,7 +118,7 @@ class MAML(Algorithm):
         return x[index], y[index]
 
     def trajectory(self, params, buffers, support_x, support_y, query_x, steps: int,
-                   first_order: bool) -> Iterator[tuple[Params, callable]]:
+                   first_order: bool) -> Iterator[tuple[Params, Callable[[], Tensor]]]:
         """After 0, 1, ..., steps inner steps: (the adapted parameters, a function of no
         arguments giving the query predictions with them)."""
         if self.head is not None:  # ANIL: the body's features once, the head adapts on them
@@ -140,7 +140,7 @@ class MAML(Algorithm):
         yield fast, lambda p=fast: predict(p, query_x, 0)
         for step in range(steps):
             x, y = self._batch(support_x, support_y, step)
-            grads = grad(lambda p: self.loss_fn(predict(p, x, step), y))(fast)
+            grads = grad(lambda p, x=x, y=y, s=step: self.loss_fn(predict(p, x, s), y))(fast)
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             fast, state = self.inner.step(fast, grads, state, self._lr(step))

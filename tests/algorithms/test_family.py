@@ -202,9 +202,8 @@ def test_pretrain_is_plain_joint_training_on_every_tasks_data(strategy):
     algorithm = Pretrain(model, loss_fn, metric_fn, SGD(LR))
     params, _ = meta_gradient(algorithm, model, episode, strategy, steps=1)
     weights = list(params.values())
-    objective = sum(F.mse_loss(forward(weights, torch.cat([episode.support_x[t], episode.query_x[t]])),
-                               torch.cat([episode.support_y[t], episode.query_y[t]]))
-                    for t in range(3)) / 3
+    objective = sum(F.mse_loss(forward(weights, torch.cat([sx, qx])), torch.cat([sy, qy]))
+                    for sx, sy, qx, qy in (episode[t].tensors() for t in range(3))) / 3
     assert_close(engine_grads(weights), grads_of(objective, weights))
 
 

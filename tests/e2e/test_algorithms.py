@@ -50,6 +50,16 @@ def test_every_gradient_algorithm_trains_and_evaluates_on_sinusoids(tmp_path):
     with_reset = json.loads((tmp_path / "eval.json").read_text())["results"]
     learned = reports[sorted(reports)[0]]["results"]
     assert with_reset[0] == learned[0] and with_reset[3]["mean"] != learned[3]["mean"]
+    # The MAML paper's comparison: the pretrained baseline's curve beside another's.
+    metasgd_dir, pretrain_dir = sorted(reports)[0], sorted(reports)[3]
+    assert reports[pretrain_dir]["label"].startswith("Pretrain")
+    (metasgd_dir / "checkpoints" / "eval_curve.png").unlink()
+    ok(run_cli("maml-eval", f"checkpoint={metasgd_dir}", f"compare=[{pretrain_dir}]",
+               "eval.tasks=20", cwd=tmp_path))
+    assert (metasgd_dir / "checkpoints" / "eval_curve.png").read_bytes()[:4] == b"\x89PNG"
+    missing = run_cli("maml-eval", f"checkpoint={metasgd_dir}", "compare=[nowhere]",
+                      cwd=tmp_path)
+    assert_one_line_error(missing, "compare: cannot read nowhere", prog="maml-eval")
 
 
 def test_protonet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_env):
