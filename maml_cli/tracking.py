@@ -28,8 +28,13 @@ class Tracker:
         self.writer = None if log_dir is None else SummaryWriter(str(log_dir))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items() if self.writer else ():
+        if not self.writer:
+            return
+        for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        # On disk at once (once per log window): a run killed without warning keeps every step
+        # it logged, so its log and the resumed run's meet without a gap.
+        self.writer.flush()
 
     def figure(self, tag: str, figure, step: int) -> None:
         if self.writer:

@@ -31,8 +31,8 @@ MAX_CONSECUTIVE_SKIPS = 20
 
 
 def lr_factor(schedule: str, iterations: int, floor: float):
-    """The outer learning rate's factor after t iterations: constant, or annealed from 1 to
-    `floor` (min_lr / lr) over the run by a half cosine (MAML++) or a line (Reptile)."""
+    """The outer learning rate's factor after t finished iterations: constant, or annealed from
+    1 to `floor` (min_lr / lr) over the run by a half cosine (MAML++) or a line (Reptile)."""
     shapes = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
               "linear": lambda p: 1 - p}
     shape = shapes[schedule]
@@ -85,9 +85,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run: Run, run_dir: Path, resume: dict | None = None):
         self.cfg, self.run, self.run_dir = cfg, run, run_dir
         self.optimizer = make_optimizer(cfg, run)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(cfg.trainer.lr_schedule, cfg.trainer.iterations,
-                                      cfg.trainer.min_lr / cfg.outer.lr))
+        # The schedule is a function of the iteration alone, so the iteration in a checkpoint
+        # is all the state it needs to resume exactly.
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_factor = lr_factor(cfg.trainer.lr_schedule, cfg.trainer.iterations,
+                                   cfg.trainer.min_lr / cfg.outer.lr)
         self.group = distributed.group()
         self.stopping = False  # all ranks agree on it (distributed.average)
         self.generator = torch.Generator(run.device).manual_seed(cfg.seed)
@@ -103,7 +105,6 @@ class Trainer:
         try:
             load_weights(self.run, state)
             self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"checkpoint does not fit this model/optimizer: "
                             f"{str(e).splitlines()[0]}") from None
@@ -120,7 +121,6 @@ class Trainer:
             "model": self.run.model.state_dict(),
             "algorithm": self.run.algorithm.learned.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
             "rng": {**rng_state(), "sampler": self.generator.get_state()},
             "best": self.best,
             "skipped": self.skipped,
@@ -255,6 +255,8 @@ class Trainer:
             share = cfg.trainer.meta_batch_size // group.world
             episode = episode[group.rank * share:(group.rank + 1) * share]
         self.optimizer.zero_grad(set_to_none=True)
+        for param_group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            param_group["lr"] = base * self.lr_factor(self.iteration - 1)
         run.algorithm.start_iteration(self.iteration)
         loss, metrics = run.engine.meta_backward(run.algorithm, params, buffers, episode,
                                                  cfg.inner.steps)
@@ -270,14 +272,12 @@ class Trainer:
                 if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                     self.first_bad.fill_(self.iteration)
                     self._check_finite()
-                self.schedule.step()
                 return None
             self.consecutive_skips = 0
         else:
             self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad,
                                          self.iteration)
         self.optimizer.step()
-        self.schedule.step()
         return metrics
 
     def _stop(self, signum: int) -> None:

@@ -71,7 +71,9 @@ def test_protonet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_env):
     accuracies = [r["mean"] for r in protonet["results"]]
     assert accuracies == [accuracies[0]] * 4 and accuracies[0] > 0.3  # no inner loop
     state = torch.load(mamlpp_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert state["config"]["algorithm"]["per_step_norm"] and state["schedule"]["last_epoch"] == 40
+    assert state["config"]["algorithm"]["per_step_norm"]
+    # Cosine annealing from 1e-3 towards min_lr 1e-5 over the 40 iterations: the last step's.
+    assert 1e-5 < state["optimizer"]["param_groups"][0]["lr"] < 2e-5
     assert state["algorithm"]["lr:0/weight"].shape == (2,)  # a rate per step
     assert state["algorithm"]["norm:1/weight"].shape == (2, 64)  # norm weights per step
     assert len(mamlpp["results"]) == 4

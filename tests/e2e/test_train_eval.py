@@ -77,7 +77,8 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
                     "checkpoint_every:", "lr:", "steps:", "eval_steps:", "resume:", "tasks:"):
             assert key in text, key
     assert "task: miniimagenet, mnist, omniglot, sinusoid" in helped
-    assert "algorithm: fomaml, maml" in helped
+    assert "algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, reptile" in helped
+    assert "inner: adam, sgd" in helped
     eval_help = subprocess.run([sys.executable, "-m", "maml_cli.eval", "--help"], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
     assert "checkpoint:" in eval_help and "tasks:" in eval_help
