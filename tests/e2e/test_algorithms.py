@@ -42,21 +42,18 @@ def test_every_gradient_algorithm_trains_and_evaluates_on_sinusoids(tmp_path):
     assert any(not torch.allclose(r, torch.full_like(r, 0.01)) for r in rates.values())
 
     # maml-eval adapts with the learned rates: the same checkpoint with its rates reset to
-    # inner.lr adapts differently.
+    # inner.lr adapts differently. Its figure also draws the pretrained baseline's curve beside
+    # it (compare=), the MAML paper's comparison.
+    metasgd_dir, pretrain_dir = sorted(reports)[0], sorted(reports)[3]
+    assert reports[pretrain_dir]["label"].startswith("Pretrain")
     reset = metasgd | {"algorithm": {k: torch.full_like(r, 0.01) for k, r in rates.items()}}
     torch.save(reset, tmp_path / "reset.pt")
     ok(run_cli("maml-eval", f"checkpoint={tmp_path / 'reset.pt'}", "eval.tasks=20",
-               "inner.eval_steps=3", cwd=tmp_path))
+               "inner.eval_steps=3", f"compare=[{pretrain_dir}]", cwd=tmp_path))
     with_reset = json.loads((tmp_path / "eval.json").read_text())["results"]
-    learned = reports[sorted(reports)[0]]["results"]
+    learned = reports[metasgd_dir]["results"]
     assert with_reset[0] == learned[0] and with_reset[3]["mean"] != learned[3]["mean"]
-    # The MAML paper's comparison: the pretrained baseline's curve beside another's.
-    metasgd_dir, pretrain_dir = sorted(reports)[0], sorted(reports)[3]
-    assert reports[pretrain_dir]["label"].startswith("Pretrain")
-    (metasgd_dir / "checkpoints" / "eval_curve.png").unlink()
-    ok(run_cli("maml-eval", f"checkpoint={metasgd_dir}", f"compare=[{pretrain_dir}]",
-               "eval.tasks=20", cwd=tmp_path))
-    assert (metasgd_dir / "checkpoints" / "eval_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "eval_curve.png").read_bytes()[:4] == b"\x89PNG"
     missing = run_cli("maml-eval", f"checkpoint={metasgd_dir}", "compare=[nowhere]",
                       cwd=tmp_path)
     assert_one_line_error(missing, "compare: cannot read nowhere", prog="maml-eval")
@@ -65,14 +62,15 @@ def test_every_gradient_algorithm_trains_and_evaluates_on_sinusoids(tmp_path):
 def test_protonet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_env):
     reports = sweep_then_eval(
         tmp_path, data_env, "+experiment=mamlpp_omniglot_5w1s", "trainer.meta_batch_size=4",
-        "inner.steps=2", more_runs=[["+experiment=omniglot_5w1s", "algorithm=protonet",
-                                     "trainer.meta_batch_size=4"]])
+        "inner.steps=2", "trainer.iterations=20", "trainer.val_every=10",
+        more_runs=[["+experiment=omniglot_5w1s", "algorithm=protonet",
+                    "trainer.meta_batch_size=4"]])
     (mamlpp_dir, mamlpp), (_, protonet) = reports.items()
     accuracies = [r["mean"] for r in protonet["results"]]
     assert accuracies == [accuracies[0]] * 4 and accuracies[0] > 0.3  # no inner loop
     state = torch.load(mamlpp_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["algorithm"]["per_step_norm"]
-    # Cosine annealing from 1e-3 towards min_lr 1e-5 over the 40 iterations: the last step's.
+    # Cosine annealing from 1e-3 towards min_lr 1e-5 over the 20 iterations: the last step's.
     assert 1e-5 < state["optimizer"]["param_groups"][0]["lr"] < 2e-5
     assert state["algorithm"]["lr:0/weight"].shape == (2,)  # a rate per step
     assert state["algorithm"]["norm:1/weight"].shape == (2, 64)  # norm weights per step

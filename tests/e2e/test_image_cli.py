@@ -21,8 +21,8 @@ def test_omniglot_5way_1shot_learns_well_above_chance(tmp_path, data_env):
                cwd=tmp_path, env=data_env))
     ok(run_cli("maml-train", *common, "trainer.iterations=0", "hydra.run.dir=untrained",
                cwd=tmp_path, env=data_env))
-    trained, report = evaluate(tmp_path / "trained", tmp_path, data_env, "eval.tasks=200")
-    untrained, _ = evaluate(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=200")
+    trained, report = evaluate(tmp_path / "trained", tmp_path, data_env, "eval.tasks=100")
+    untrained, _ = evaluate(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=100")
     assert report["metric"] == "accuracy" and report["split"] == "test"
     assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
     assert abs(trained[0] - 0.2) < 0.05  # before adaptation, labels are a coin toss
