@@ -175,6 +175,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def alternate(runs: dict, repeats: int, device) -> dict[str, list[float]]:
+    """Seconds of each run (a function of no arguments), `repeats` times, taking turns so that
+    drifts in clock or load hit all alike."""
+    times = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
 def meta_grad(fn, w, model, ep, first_order) -> torch.Tensor:
     model.zero_grad(set_to_none=True)
     fn(w, model, ep, first_order)
@@ -223,16 +237,15 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> di
         peak = (peak_cuda_mb(meta_grad, fn, w, model, ep, first_order) if device.type == "cuda"
                 else peak_rss_mb(w, first_order, label))
         rows[label] = {"times": [], "peak_mb": peak, "grad_rel_error": error}
-    for _ in range(w.repeats):  # alternating, so drifts in clock or load hit all alike
-        for label, fn in impls.items():
+    def timed(fn):
+        def run():
             model.zero_grad(set_to_none=True)
-            sync(device)
-            start = time.perf_counter()
             fn(w, model, ep, first_order)
-            sync(device)
-            rows[label]["times"].append(time.perf_counter() - start)
-    for row in rows.values():
-        row["ms"] = 1000 * statistics.median(row["times"])
+        return run
+
+    times = alternate({label: timed(fn) for label, fn in impls.items()}, w.repeats, device)
+    for label, row in rows.items():
+        row["times"], row["ms"] = times[label], 1000 * statistics.median(times[label])
     for row in rows.values():
         row["x_naive"] = rows["naive loop"]["ms"] / row["ms"]
         row["x_higher"] = rows["higher"]["ms"] / row["ms"]
@@ -279,16 +292,9 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
                 p.grad = None
             engine.meta_backward(algorithm, params, buffers, ep, w.steps)
 
+        step()  # warm-up
         runs[label] = step
-    times = {label: [] for label in runs}
-    for repeat in range(w.repeats + 1):  # the first round is the warm-up
-        for label, step in runs.items():
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            if repeat:
-                times[label].append(time.perf_counter() - start)
+    times = alternate(runs, w.repeats, device)
     rows = {label: {"ms": 1000 * statistics.median(t)} for label, t in times.items()}
     for row in rows.values():
         row["it_per_s"] = 1000 / row["ms"]

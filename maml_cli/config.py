@@ -133,6 +133,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("algorithm.msl_iterations", ">= 0", lambda v: v >= 0),
     ("algorithm.inner_batch_size", ">= 1, or null for the whole support set", lambda v: v >= 1),
     ("inner.betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+    ("inner.eps", "> 0", _positive),
     ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
     ("eval.batch_size", ">= 1", lambda v: v >= 1),
     ("task.shots", ">= 1", lambda v: v >= 1),

@@ -57,7 +57,7 @@ OUT_OF_RANGE = [
     ("algorithm.first_order_until=-1", "algorithm.first_order_until"),
     ("algorithm.msl_iterations=-1", "algorithm.msl_iterations"),
     ("algorithm.inner_batch_size=0", "algorithm.inner_batch_size"),
-    ("inner=adam inner.betas=[0.9,1.0]", "inner.betas"),
+    ("inner=adam inner.betas=[0.9,1.0]", "inner.betas"), ("inner=adam inner.eps=0", "inner.eps"),
     ("eval.tasks=1", "eval.tasks"), ("eval.batch_size=0", "eval.batch_size"),
     ("task.shots=0", "task.shots"), ("task.queries=0", "task.queries"),
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),

@@ -28,6 +28,11 @@ def split_head(model: nn.Module, algorithm: str) -> tuple[nn.Sequential, nn.Modu
     return body, model._modules[names[-1]], f"{names[-1]}."
 
 
+def body_params(params: Params, head_prefix: str) -> Params:
+    """The parameters of split_head's body: all but the head's."""
+    return {k: v for k, v in params.items() if not k.startswith(head_prefix)}
+
+
 class Algorithm:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  metric_fn: Callable[[Tensor, Tensor], Tensor], inner: SGD,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from maml_cli.algorithms.base import Algorithm, Params, split_head
+from maml_cli.algorithms.base import Algorithm, Params, body_params, split_head
 from maml_cli.errors import UserError
 
 ADAPT = ("all", "head")
@@ -67,8 +67,11 @@ class MAML(Algorithm):
                 for short, value in module.named_parameters(recurse=False):
                     self.norm_params[f"{name}.{short}"] = value.detach().expand(
                         self.num_steps, *value.shape).clone()
+        # What the inner loop updates: all but per-step norm weights, or the head alone.
+        self.adapted = [n for n, _ in model.named_parameters() if n not in self.norm_params
+                        and (self.head is None or n.startswith(self.head_prefix))]
         self.lrs = {}
-        for name in self._adapted_names():
+        for name in self.adapted:
             p = model.get_parameter(name).detach()
             if lr_mode == "per_layer_step":
                 self.lrs[name] = torch.full((self.num_steps,), float(inner.lr)).to(p)
@@ -79,16 +82,12 @@ class MAML(Algorithm):
                 table[name] = nn.Parameter(value)
                 self.learned.register_parameter(f"{prefix}:{_key(name)}", table[name])
 
-    def _adapted_names(self) -> list[str]:
-        names = [n for n, _ in self.model.named_parameters() if n not in self.norm_params]
-        return [n for n in names if n.startswith(self.head_prefix)] if self.head else names
-
     def _lr(self, step: int) -> dict:
         if self.lr_mode == "per_layer_step":
             return {k: v[min(step, self.num_steps - 1)] for k, v in self.lrs.items()}
         if self.lr_mode == "per_parameter":
             return self.lrs
-        return dict.fromkeys(self._adapted_names(), self.inner.lr)
+        return dict.fromkeys(self.adapted, self.inner.lr)
 
     def inner_lr(self):
         if not self.lrs:
@@ -122,10 +121,10 @@ class MAML(Algorithm):
         """After 0, 1, ..., steps inner steps: (the adapted parameters, a function of no
         arguments giving the query predictions with them)."""
         if self.head is not None:  # ANIL: the body's features once, the head adapts on them
-            body = {k: v for k, v in params.items() if not k.startswith(self.head_prefix)}
+            body = body_params(params, self.head_prefix)
             support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
                                   for x in (support_x, query_x))
-        fast = {k: params[k] for k in self._adapted_names()}
+        fast = {k: params[k] for k in self.adapted}
         fixed = {k: v for k, v in params.items() if k not in fast}
 
         def predict(p: Params, x: Tensor, step: int) -> Tensor:

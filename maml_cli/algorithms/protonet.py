@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from maml_cli.algorithms.base import Algorithm, split_head
+from maml_cli.algorithms.base import Algorithm, body_params, split_head
 from maml_cli.errors import UserError
 
 
@@ -22,7 +22,7 @@ class ProtoNet(Algorithm):
         self.body, _, self.head_prefix = split_head(model, "algorithm=protonet")
 
     def logits(self, params, buffers, support_x, support_y, query_x):
-        body = {k: v for k, v in params.items() if not k.startswith(self.head_prefix)}
+        body = body_params(params, self.head_prefix)
         support, query = (functional_call(self.body, (body, buffers), (x,)).flatten(1)
                           for x in (support_x, query_x))
         members = F.one_hot(support_y, self.num_classes).to(support.dtype)  # [support, classes]

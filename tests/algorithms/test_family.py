@@ -248,9 +248,11 @@ class _Capture:
         return torch.zeros(features.shape[0], 3, dtype=features.dtype)
 
 
-def test_protonet_refuses_regression_and_anil_refuses_unsplittable_models():
+def test_protonet_refuses_regression_and_anil_refuses_what_it_cannot_split():
     model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
     with pytest.raises(UserError, match="classification"):
         ProtoNet(model, loss_fn, metric_fn, SGD(LR))
     with pytest.raises(UserError, match="last layer"):
         MAML(nn.Linear(2, 2), loss_fn, metric_fn, SGD(LR), adapt="head")
+    with pytest.raises(UserError, match="per_step_norm needs algorithm.adapt=all"):
+        MAML(model, loss_fn, metric_fn, SGD(LR), adapt="head", per_step_norm=True)
