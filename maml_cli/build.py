@@ -12,7 +12,7 @@ from torch import nn
 
 from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
-from maml_cli.engine import Engine, choose_strategy
+from maml_cli.engine import Engine, choose_compile, choose_strategy
 from maml_cli.errors import UserError
 from maml_cli.tasks.base import TaskFamily
 
@@ -46,7 +46,9 @@ def build(cfg: DictConfig) -> Run:
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
     )
-    return Run(device, task, model, algorithm, Engine(choose_strategy(cfg.engine, model, device)))
+    engine = Engine(choose_strategy(cfg.engine, model, device),
+                    choose_compile(cfg.trainer.compile, device), cfg.trainer.amp)
+    return Run(device, task, model, algorithm, engine)
 
 
 def meta_parameters(run: Run) -> list[torch.nn.Parameter]:

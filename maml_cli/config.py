@@ -14,7 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from maml_cli import schemas
 from maml_cli.algorithms.maml import ADAPT, LR_MODES
-from maml_cli.engine import STRATEGIES
+from maml_cli.engine import AMP_DTYPES, STRATEGIES
 from maml_cli.errors import UserError
 
 
@@ -36,6 +36,8 @@ class TrainerConfig:
     nan_policy: str = "stop"  # stop | skip: what a NaN/inf meta-loss or meta-gradient does
     lr_schedule: str = "constant"  # constant | cosine | linear: the outer learning rate's
     min_lr: float = 0.0  # ... annealed to this by the last iteration
+    compile: Any = "auto"  # true | false | auto (on CUDA): torch.compile the meta-batch
+    amp: str | None = None  # bf16: that forward under autocast; null: float32
 
 
 @dataclass
@@ -127,6 +129,8 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.nan_policy", "stop or skip", lambda v: v in ("stop", "skip")),
     ("trainer.lr_schedule", f"one of {', '.join(SCHEDULES)}", lambda v: v in SCHEDULES),
     ("trainer.min_lr", ">= 0", lambda v: v >= 0),
+    ("trainer.compile", "true, false or auto", lambda v: v in (True, False, "auto")),
+    ("trainer.amp", "bf16, or null for float32", lambda v: v in AMP_DTYPES),
     ("algorithm.adapt", f"one of {', '.join(ADAPT)}", lambda v: v in ADAPT),
     ("algorithm.lr_mode", f"one of {', '.join(LR_MODES)}", lambda v: v in LR_MODES),
     ("algorithm.first_order_until", ">= 0", lambda v: v >= 0),
@@ -167,6 +171,8 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     with `device`, `data`, `eval` and the keys the user overrode on this command line taken
     from `cfg`."""
     merged = OmegaConf.create(stored)
+    # Trainer keys added since the checkpoint was written take their defaults.
+    merged.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), merged.trainer)
     for key in _FROM_COMMAND:
         merged[key] = cfg[key]
     groups = config_groups()

@@ -5,11 +5,12 @@ another. `auto` picks from what benchmarks/bench.py measured (docs/performance.m
 (conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
 sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower. Models
 with torch's own batch norm always get the loop: its second-order gradients under vmap are wrong
-(conv4's hand-written batch norm is exact under both).
+(conv4's hand-written batch norm is exact under both). Either can be compiled (trainer.compile).
 """
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import torch
@@ -17,8 +18,13 @@ from torch import nn
 from torch.func import vmap
 
 from maml_cli.episode import Episode
+from maml_cli.errors import UserError
 
 STRATEGIES = ("vmap", "loop")
+AMP_DTYPES = {"bf16": torch.bfloat16}
+# vmap's in_dims for fn(params, buffers, support_x, support_y, query_x, query_y): the weights are
+# shared by every task, the episode's tensors have the task dimension first.
+TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
 def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
@@ -41,18 +47,60 @@ def _stack(outputs: list):
     return type(first)(_stack(list(group)) for group in zip(*outputs))
 
 
+def choose_compile(setting: bool | str, device: torch.device) -> bool:
+    """trainer.compile=auto compiles on CUDA, where benchmarks/bench.py measured 3x the
+    iterations per second (conv4 Omniglot on an H100), paid back after about 1,500 iterations;
+    not on CPU, where compiling takes 30 s to minutes on few cores and the default runs are
+    short."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 class Engine:
-    def __init__(self, strategy: str):
-        self.strategy = strategy
+    """`compile`: torch.compile the meta-batch's forward (the vmapped tasks, or one task of the
+    loop), inner gradients included; autograd's backward runs through the compiled graph.
+    `amp`: run that forward under torch.autocast in this dtype (None: float32)."""
+
+    def __init__(self, strategy: str, compile: bool = False, amp: str | None = None):
+        self.strategy, self.compile = strategy, compile
+        self.amp = AMP_DTYPES[amp] if amp else None
+        self._task_losses = {}  # per algorithm, made once: compiling is slow
 
     def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
         """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
         outputs stacked along a new leading task dimension."""
         fn = partial(fn, **kwargs)
         if self.strategy == "vmap":
-            return vmap(fn, in_dims=(None, None, 0, 0, 0, 0))(params, buffers, *episode.tensors())
+            return vmap(fn, in_dims=TASK_DIMS)(params, buffers, *episode.tensors())
         tasks = range(episode.num_tasks)
         return _stack([fn(params, buffers, *episode[t].tensors()) for t in tasks])
+
+    def _task_loss(self, algorithm):
+        """algorithm.task_loss, over every task at once (vmap) or for one (loop), compiled
+        when asked."""
+        fn = self._task_losses.get(algorithm)
+        if fn is None:
+            fn = algorithm.task_loss
+            if self.strategy == "vmap":
+                fn = vmap(fn, in_dims=TASK_DIMS)
+            if self.compile:
+                # A CUDA build of torch compiling for the CPU warns that there is no CUDA
+                # runtime, on stderr, on every run: true, and nothing to act on.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+                fn = torch.compile(fn)
+            self._task_losses[algorithm] = fn
+        return fn
+
+    def _forward(self, fn, device: torch.device, *args, steps: int):
+        try:
+            if self.amp is None:
+                return fn(*args, steps=steps)
+            with torch.autocast(device.type, self.amp):
+                loss, metrics = fn(*args, steps=steps)
+            return loss.float(), {k: v.float() for k, v in metrics.items()}
+        except torch._dynamo.exc.TorchDynamoException as e:  # only raised when compiling
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
+                            f"run with trainer.compile=false") from None
 
     def meta_backward(self, algorithm, params, buffers, episode: Episode, steps: int):
         """Accumulate the meta-gradient (of the mean query loss over the meta-batch) into the
@@ -62,17 +110,19 @@ class Engine:
         measured on Omniglot 5-way 1-shot conv4 (32 tasks, second order, 2-core CPU), 7% faster
         than one backward over all and a fraction of the memory.
         """
+        fn, device = self._task_loss(algorithm), episode.support_x.device
         if self.strategy == "vmap":
-            loss, metrics = self.map_tasks(algorithm.task_loss, params, buffers, episode,
-                                           steps=steps)
+            loss, metrics = self._forward(fn, device, params, buffers, *episode.tensors(),
+                                          steps=steps)
             loss = loss.mean()
             loss.backward()
             return loss.detach(), {k: v.mean() for k, v in metrics.items()}
         losses, metrics = [], []
         for t in range(episode.num_tasks):
-            loss, task_metrics = algorithm.task_loss(params, buffers, *episode[t].tensors(),
-                                                     steps=steps)
+            loss, task_metrics = self._forward(fn, device, params, buffers,
+                                               *episode[t].tensors(), steps=steps)
             (loss / episode.num_tasks).backward()
             losses.append(loss.detach())
             metrics.append(task_metrics)
-        return torch.stack(losses).mean(), {k: v.mean() for k, v in _stack(metrics).items()}
+        return (torch.stack(losses).mean(),
+                {k: v.mean() for k, v in _stack(metrics).items()})

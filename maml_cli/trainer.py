@@ -182,6 +182,9 @@ class Trainer:
             task = bar.add_task("train", total=tc.iterations, completed=self.iteration, status="")
             if tc.val_every and self.iteration == 0:
                 self.untrained = self.validate(tracker)
+            if run.engine.compile:
+                log.info("trainer.compile: the first iteration compiles the meta-batch (30 s "
+                         "to minutes); trainer.compile=false skips that")
             while self.iteration < tc.iterations:
                 self.iteration += 1
                 metrics = self._step(params, buffers, weights, bool(stop))

@@ -46,7 +46,8 @@ OUT_OF_RANGE = [
     ("inner.lr=-0.1", "inner.lr"), ("inner.lr=0", "inner.lr"), ("inner.lr=nan", "inner.lr"),
     ("inner.steps=-1", "inner.steps"), ("inner.eval_steps=-2", "inner.eval_steps"),
     ("outer.lr=-1", "outer.lr"),
-    ("trainer.iterations=-5", "trainer.iterations"),
+    ("trainer.iterations=-5", "trainer.iterations"), ("trainer.amp=fp8", "trainer.amp"),
+    ("trainer.compile=yes", "trainer.compile"),
     ("trainer.meta_batch_size=0", "trainer.meta_batch_size"),
     ("trainer.val_every=-1", "trainer.val_every"), ("trainer.val_tasks=0", "trainer.val_tasks"),
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
@@ -90,12 +91,14 @@ def test_every_rule_names_a_real_key():
 def test_from_checkpoint_keeps_stored_config_and_applies_explicit_overrides():
     stored = OmegaConf.to_container(compose_train("inner.lr=0.05", "trainer.iterations=7"))
     stored["device"]["name"] = "cuda"
+    del stored["trainer"]["compile"], stored["trainer"]["amp"]  # as before they existed
     cfg = compose_train("trainer.iterations=20", "eval.tasks=50", "checkpoint=x", name="eval")
     merged = from_checkpoint(stored, cfg, ["trainer.iterations=20", "eval.tasks=50",
                                            "checkpoint=x"])
     assert merged.inner.lr == 0.05  # from the checkpoint
     assert merged.trainer.iterations == 20  # overridden here
     assert merged.eval.tasks == 50 and merged.device.name == "auto"  # from this command
+    assert merged.trainer.compile == "auto" and merged.trainer.amp is None  # the defaults
 
 
 def test_from_checkpoint_refuses_a_group_change():

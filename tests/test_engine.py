@@ -1,10 +1,18 @@
+from functools import partial
+
+import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
+from maml_cli.algorithms.inner import SGD
+from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
-from maml_cli.engine import choose_strategy
+from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
+from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
+from tests.algorithms.test_maml import CASES, LR, assert_close
 
 
 def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
@@ -18,6 +26,13 @@ def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
     assert choose_strategy("loop", mlp, cuda) == "loop"
 
 
+def test_compile_auto_compiles_on_cuda_only():
+    assert choose_compile("auto", torch.device("cuda")) is True
+    assert choose_compile("auto", torch.device("cpu")) is False
+    assert choose_compile(True, torch.device("cpu")) is True
+    assert choose_compile(False, torch.device("cuda")) is False
+
+
 def test_device_threads_sets_torchs_cpu_threads():
     before = torch.get_num_threads()
     try:
@@ -25,3 +40,64 @@ def test_device_threads_sets_torchs_cpu_threads():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def compiled_and_eager(strategy, iterations, monkeypatch=None):
+    """The MLP's meta-gradients, eager and under trainer.compile, at each iteration, with the
+    settings that change with the iteration (derivative order, multi-step loss weights)."""
+    model, loss_fn, metric_fn, episode, _ = CASES["mlp"](0, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), first_order_until=1,
+                     multi_step_loss=True, msl_iterations=4)
+    params = dict(model.named_parameters())
+    eager, compiled = Engine(strategy), Engine(strategy, compile=True)
+    torch._dynamo.reset()
+    counters.clear()
+    for iteration in iterations:
+        algorithm.start_iteration(iteration)
+        grads = []
+        for engine in (eager, compiled):
+            model.zero_grad()
+            engine.meta_backward(algorithm, params, {}, episode, steps=2)
+            grads.append([p.grad for p in params.values()])
+        yield grads
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compiled_meta_gradient_equals_eager(strategy):
+    """trainer.compile: the same meta-gradient, float64, to 1e-9 (second order, multi-step
+    loss; one graph each, as compiling costs CI seconds)."""
+    for eager, compiled in compiled_and_eager(strategy, iterations=(2, 3)):
+        assert_close(compiled, eager)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compiled_engine_recompiles_only_when_the_derivative_order_switches(strategy,
+                                                                           monkeypatch):
+    """Settings that change every iteration must not reach the compiled graph as constants,
+    or it would recompile every iteration. Dynamo alone decides this, so its eager backend
+    checks it without inductor's compile time."""
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))
+    for eager, compiled in compiled_and_eager(strategy, iterations=range(1, 5)):
+        assert_close(compiled, eager)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_bf16_autocast_meta_loss_is_close_to_float32s():
+    """trainer.amp=bf16 on the conv net: the meta-loss within 2% of float32's, and the
+    meta-gradient pointing the same way (second order through bf16 is far from exact:
+    docs/performance.md)."""
+    model, loss_fn, metric_fn, episode, _ = CASES["conv4"](0, tasks=2)
+    model.float()
+    episode = Episode(*(t.float() if t.is_floating_point() else t for t in episode.tensors()))
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
+    params = dict(model.named_parameters())
+    results = []
+    for engine in (Engine("loop"), Engine("loop", amp="bf16")):
+        model.zero_grad()
+        loss, metrics = engine.meta_backward(algorithm, params, {}, episode, steps=1)
+        assert loss.dtype == metrics["loss_post"].dtype == torch.float32
+        results.append((loss, torch.cat([p.grad.flatten() for p in params.values()])))
+    (loss, grad), (amp_loss, amp_grad) = results
+    assert abs(amp_loss - loss) <= 0.02 * loss
+    assert torch.nn.functional.cosine_similarity(amp_grad, grad, dim=0) > 0.5

@@ -54,6 +54,11 @@ class MAML(Algorithm):
         self.multi_step_loss, self.msl_iterations = multi_step_loss, msl_iterations
         self.inner_batch_size, self.lr_mode = inner_batch_size, lr_mode
         self.num_steps = max(inner.steps, 1)  # rows of every per-step table
+        # What changes with the iteration is settled in start_iteration, outside task_loss, as
+        # Python values that flip at most once per run and a tensor updated in place: a
+        # compiled task_loss (trainer.compile) would otherwise recompile every iteration.
+        self.order_first, self.msl_on = first_order, False
+        self.msl_progress = next(model.parameters()).new_zeros(()).detach()
         self.body = self.head = None
         if adapt == "head":
             self.body, self.head, self.head_prefix = split_head(model, "algorithm.adapt=head")
@@ -94,18 +99,20 @@ class MAML(Algorithm):
             return self.inner.lr
         return torch.cat([v.detach().flatten() for v in self.lrs.values()]).mean()
 
-    def _first_order(self) -> bool:
-        return self.first_order or 0 < self.iteration <= self.first_order_until
+    def start_iteration(self, iteration: int) -> None:
+        super().start_iteration(iteration)
+        self.order_first = self.first_order or 0 < iteration <= self.first_order_until
+        self.msl_on = self.multi_step_loss and iteration <= self.msl_iterations
+        self.msl_progress.fill_((iteration - 1) / max(self.msl_iterations, 1))
 
-    def step_weights(self, steps: int) -> list[float] | None:
+    def step_weights(self, steps: int) -> Tensor | None:
         """MAML++'s multi-step loss: the weights of the query losses after steps 1..steps, from
         uniform at iteration 1 towards the last step alone, reached after msl_iterations; None
         once only the last step counts (or when the option is off)."""
-        if not self.multi_step_loss or steps < 2 or self.iteration > self.msl_iterations:
+        if not self.msl_on or steps < 2:
             return None
-        progress = (self.iteration - 1) / max(self.msl_iterations, 1)
-        others = [max((1 - progress) / steps, MSL_MIN_SHARE / steps)] * (steps - 1)
-        return [*others, 1 - sum(others)]
+        other = ((1 - self.msl_progress) / steps).clamp(min=MSL_MIN_SHARE / steps)
+        return torch.cat([other.expand(steps - 1), (1 - (steps - 1) * other).reshape(1)])
 
     def _batch(self, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """The support minibatch of one inner step: consecutive slices, wrapping around (the
@@ -148,7 +155,7 @@ class MAML(Algorithm):
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         path = list(self.trajectory(params, buffers, support_x, support_y, query_x, steps,
-                                    self._first_order()))
+                                    self.order_first))
         with torch.no_grad():
             before = path[0][1]()
         after = path[-1][1]()

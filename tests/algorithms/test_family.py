@@ -50,7 +50,7 @@ def naive_objective(weights, case, steps, lr, adapted, norm=None, step_weights=N
             for i, g in zip(adapted, grads):
                 fast[i] = fast[i] - lr(i, step) * (g.detach() if first_order else g)
             losses.append(loss_fn(forward(at(fast, step), qx), qy))
-        weights_ = step_weights or [0] * (steps - 1) + [1]
+        weights_ = [0] * (steps - 1) + [1] if step_weights is None else step_weights
         total = total + sum(w * q for w, q in zip(weights_, losses))
     return total / episode.num_tasks
 
@@ -111,10 +111,11 @@ def test_multi_step_loss_weights_sum_to_one_and_anneal_to_the_last_step(steps):
     seen = []
     for iteration in (1, 30, 60, 100, 101):
         algorithm.start_iteration(iteration)
-        seen.append(algorithm.step_weights(steps))
+        weights = algorithm.step_weights(steps)
+        seen.append(None if weights is None else weights.tolist())
     assert seen[0] == pytest.approx([1 / steps] * steps)  # uniform at first
     for weights in seen[:-1]:
-        assert sum(weights) == pytest.approx(1) and min(weights) >= 0.03 / steps - 1e-12
+        assert sum(weights) == pytest.approx(1) and min(weights) >= 0.03 / steps - 1e-7  # float32
     assert [w[-1] for w in seen[:-1]] == sorted(w[-1] for w in seen[:-1])  # last step gains
     assert seen[-1] is None  # after msl_iterations: the last step's loss alone
 

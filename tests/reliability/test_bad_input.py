@@ -1,5 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing run."""
 
+import os
+
 import pytest
 import torch
 
@@ -52,3 +54,15 @@ def test_eval_needs_a_checkpoint_that_exists(tmp_path):
 def test_eval_refuses_to_swap_a_group_of_the_checkpoint(trained_run, tmp_path):
     proc = run_cli("maml-eval", f"checkpoint={trained_run}", "algorithm=fomaml", cwd=tmp_path)
     assert_one_line_error(proc, "algorithm= cannot change", "maml-eval")
+
+
+def test_a_failed_compile_is_one_line_naming_the_way_out(tmp_path):
+    """trainer.compile on a machine whose C++ compiler is missing (inductor needs one on CPU)."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # no cached kernels to reuse
+    proc = run_cli("maml-train", "trainer.compile=true", "trainer.iterations=1",
+                   "trainer.val_every=0", "hydra.run.dir=run", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "compiling the meta-batch (trainer.compile) failed: "
+                                "InvalidCxxCompiler", "maml-train")
+    assert "run with trainer.compile=false" in proc.stderr
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
