@@ -3,15 +3,17 @@
 Every implementation computes the meta-gradient of one meta-batch of synthetic data of the
 real shapes, from the same model and data. They are timed in one process, alternating, after a
 warm-up, and the median is reported. The warm-up run also gives each one's meta-gradient's
-distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU the resident
-set of a fresh process running one meta-iteration.
+distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU (second order)
+the resident set of a fresh process running one meta-iteration.
 
-    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3] [--out results.json]
+    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3] [--compile W1,W2]
+                               [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.metadata
 import json
 import platform
@@ -20,7 +22,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 
 import higher
 import torch
@@ -35,7 +36,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.algorithms.pretrain import Pretrain
 from maml_cli.algorithms.protonet import ProtoNet
 from maml_cli.algorithms.reptile import Reptile
-from maml_cli.engine import STRATEGIES, Engine, choose_strategy
+from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
@@ -120,17 +121,34 @@ def with_higher(w: Workload, model, ep: Episode, first_order: bool) -> None:
                 query.backward()
 
 
-def maml_cli(strategy: str, w: Workload, model, ep: Episode, first_order: bool) -> None:
-    algorithm = MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps), first_order=first_order)
-    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    Engine(strategy).meta_backward(algorithm, params, buffers, ep, w.steps)
+class MamlCli:
+    """maml-cli's engine. Like the trainer, which makes them once per run, it makes the
+    algorithm and engine once per model and order: a compiled engine compiles on first use."""
+
+    def __init__(self, strategy: str, compile: bool = False):
+        self.strategy, self.compile, self.made = strategy, compile, {}
+
+    def __call__(self, w: Workload, model, ep: Episode, first_order: bool) -> None:
+        if (model, first_order) not in self.made:
+            algorithm = MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps),
+                             first_order=first_order)
+            self.made[model, first_order] = algorithm, Engine(self.strategy, self.compile)
+        algorithm, engine = self.made[model, first_order]
+        params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+        engine.meta_backward(algorithm, params, buffers, ep, w.steps)
 
 
-def implementations(model, device) -> dict:
-    auto = choose_strategy("auto", model, device)
+def implementations(model, device, compile: bool = False) -> dict:
+    """Label -> implementation; with `compile`, also the auto strategy under trainer.compile.
+    "(= default)" marks what the trainer runs with its defaults (engine=auto,
+    trainer.compile=auto) on this device."""
+    auto, default_compile = choose_strategy("auto", model, device), choose_compile("auto", device)
+    variants = [(s, False) for s in STRATEGIES] + ([(auto, True)] if compile else [])
     impls = {"naive loop": naive_loop, "higher": with_higher}
-    impls |= {f"maml-cli {s}{' (= auto)' if s == auto else ''}": partial(maml_cli, s)
-              for s in STRATEGIES}
+    for strategy, compiled in variants:
+        default = (strategy, compiled) == (auto, default_compile)
+        label = f"maml-cli {strategy}{' + compile' if compiled else ''}"
+        impls[label + (" (= default)" if default else "")] = MamlCli(strategy, compiled)
     return impls
 
 
@@ -164,7 +182,15 @@ def rss_child(workload: str, order: str, label: str) -> None:
     w = Workload(**json.loads(workload))
     model = w.model()
     ep = w.episode(torch.device("cpu"), torch.Generator().manual_seed(0))
-    fn = implementations(model, torch.device("cpu"))[label]
+    fn = implementations(model, torch.device("cpu"), compile=True)[label]
+    # A first meta-iteration's one-offs (compiling; libraries' lazy set-up) are not the
+    # meta-iteration's memory: run one (on one task unless compiling, where the shapes must be
+    # the timed ones), hand the freed memory back to the OS, then restart the high-water mark
+    # at the current resident set (Linux's clear_refs "5").
+    meta_grad(fn, w, model, ep if "compile" in label else ep[:1], order == "first")
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     before = high_water_mark_mb()
     meta_grad(fn, w, model, ep, order == "first")
     print(high_water_mark_mb() - before)
@@ -222,7 +248,8 @@ def conv_floor(w: Workload, model, ep: Episode, device) -> tuple[float, float]:
     return flops, max(rates)
 
 
-def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> dict:
+def bench(name: str, w: Workload, device: torch.device, first_order: bool,
+          compile: bool = False) -> dict:
     generator = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
     model, ep = w.model().to(device), w.episode(device, generator)
@@ -230,12 +257,14 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool) -> di
     reference_model.load_state_dict(model.state_dict())
     reference_ep = Episode(*(t.double() if t.is_floating_point() else t for t in ep.tensors()))
     reference = meta_grad(naive_loop, w, reference_model, reference_ep, first_order)
-    impls, rows = implementations(model, device), {}
+    impls, rows = implementations(model, device, compile), {}
     for label, fn in impls.items():  # warm-up, memory, correctness
         g = meta_grad(fn, w, model, ep, first_order)
         error = ((g.double() - reference).norm() / reference.norm()).item()
-        peak = (peak_cuda_mb(meta_grad, fn, w, model, ep, first_order) if device.type == "cuda"
-                else peak_rss_mb(w, first_order, label))
+        if device.type == "cuda":
+            peak = peak_cuda_mb(meta_grad, fn, w, model, ep, first_order)
+        else:  # a process per implementation: second order only, where memory is the issue
+            peak = None if first_order else peak_rss_mb(w, first_order, label)
         rows[label] = {"times": [], "peak_mb": peak, "grad_rel_error": error}
     def timed(fn):
         def run():
@@ -332,7 +361,8 @@ def show(results: list[dict], info: dict, device: torch.device) -> None:
             table.add_column(column, justify="left" if column == "implementation" else "right")
         for label, row in r["rows"].items():
             table.add_row(label, f"{row['ms']:.2f}", f"{row['x_naive']:.2f}",
-                          f"{row['x_higher']:.2f}", f"{row['peak_mb']:.0f}",
+                          f"{row['x_higher']:.2f}",
+                          "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
                           f"{row['grad_rel_error']:.1e}",
                           f"{row['of_floor']:.0%}" if "of_floor" in row else "")
         console.print(table)
@@ -351,6 +381,36 @@ def show_algorithms(results: list[dict]) -> None:
         console.print(table)
 
 
+def markdown(data: dict) -> str:
+    """docs/performance.md's tables from a results file."""
+    lines = []
+    for r in data["results"]:
+        floor = (f" (floor {r['floor_ms']:.0f} ms: {r['gflop']:.0f} GFLOP at "
+                 f"{r['dense_gflop_per_s']:.0f} GFLOP/s)" if "floor_ms" in r else "")
+        lines += [f"**{r['workload']}, {r['order']} order**{floor}", "",
+                  "| implementation | ms/iter | x naive | x higher | peak MB | grad rel. error "
+                  "| of floor |", "|---|---|---|---|---|---|---|"]
+        best = min(r["rows"], key=lambda label: r["rows"][label]["ms"])
+        for label, row in r["rows"].items():
+            cells = [label, f"{row['ms']:.2f}" if row["ms"] < 10 else f"{row['ms']:.1f}"
+                     if row["ms"] < 100 else f"{row['ms']:.0f}",
+                     f"{row['x_naive']:.2f}", f"{row['x_higher']:.2f}",
+                     "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
+                     f"{row['grad_rel_error']:.1e}",
+                     f"{row['of_floor']:.0%}" if "of_floor" in row else ""]
+            if label == best:
+                cells[:4] = [f"**{c}**" for c in cells[:4]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for r in data.get("algorithms", []):
+        lines += [f"**{r['workload']} by algorithm** (engine `{r['engine']}`)", "",
+                  "| algorithm | ms/iteration | iterations/s | x MAML |", "|---|---|---|---|"]
+        lines += [f"| {label} | {row['ms']:.2f} | {row['it_per_s']:.2f} | {row['x_maml']:.2f} |"
+                  for label, row in r["rows"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -358,7 +418,14 @@ def main() -> None:
     parser.add_argument("--orders", default="second,first")
     parser.add_argument("--algorithms", default="W1,W2",
                         help="workloads to time every algorithm on ('' for none)")
+    parser.add_argument("--compile", default=None,
+                        help="workloads on which to also time the auto strategy under "
+                             "trainer.compile (default: W1,W2 on CPU, where compiling W3 takes "
+                             "minutes; all on CUDA)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--markdown", metavar="RESULTS_JSON",
+                        help="print the tables of a results file as docs/performance.md has "
+                             "them, and exit")
     parser.add_argument("--no-tf32", action="store_true",
                         help="full float32 convolutions on CUDA (PyTorch's default is TF32)")
     parser.add_argument("--rss", nargs=3, metavar=("WORKLOAD", "ORDER", "LABEL"),
@@ -366,9 +433,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.rss:
         return rss_child(*args.rss)
+    if args.markdown:
+        with open(args.markdown) as f:
+            return print(markdown(json.load(f)))
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
-    results = [bench(name, WORKLOADS[name], device, order == "first")
+    compiled = (args.compile if args.compile is not None
+                else "W1,W2" if device.type == "cpu" else ",".join(WORKLOADS)).split(",")
+    results = [bench(name, WORKLOADS[name], device, order == "first", name in compiled)
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]

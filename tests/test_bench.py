@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench  # noqa: E402
 
 SMALL = bench.Workload("sinusoid MLP", tasks=4, steps=2, lr=0.01, repeats=2)
-LABELS = {"naive loop", "higher", "maml-cli vmap (= auto)", "maml-cli loop"}
+LABELS = {"naive loop", "higher", "maml-cli vmap (= default)", "maml-cli loop"}
 
 
 def test_report_of_a_small_second_order_workload():
