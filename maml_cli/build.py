@@ -41,6 +41,10 @@ def build(cfg: DictConfig) -> Run:
     device = resolve_device(cfg.device.name, cfg.device.threads)
     task = make("task", cfg.task, device=device, data=cfg.data)
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
+    # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
+    # Without them it normalises with batch statistics in training and test alike, as conv4's
+    # norm and MAML's reference code do.
+    torch.func.replace_all_batch_norm_modules_(model)
     model = model.to(device)
     algorithm = make(
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,

@@ -4,8 +4,9 @@
 another. `auto` picks from what benchmarks/bench.py measured (docs/performance.md): vmap on CUDA
 (conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
 sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower. Models
-with torch's own batch norm always get the loop: its second-order gradients under vmap are wrong
-(conv4's hand-written batch norm is exact under both). Either can be compiled (trainer.compile).
+with torch's own batch norm always get the loop, and engine=vmap refuses them: its second-order
+gradients under vmap are wrong (conv4's hand-written batch norm is exact under both). Either
+strategy can be compiled (trainer.compile).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
 def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
+    torch_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    if name == "vmap" and torch_batch_norm:
+        raise UserError("engine=vmap gives wrong second-order gradients through torch's "
+                        "nn.BatchNorm (pytorch/functorch#534); use engine=loop or auto")
     if name != "auto":
         return name
-    if any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules()):
+    if torch_batch_norm:
         return "loop"
     if device.type == "cuda":
         return "vmap"

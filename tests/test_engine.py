@@ -2,17 +2,20 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
+from torch.func import functional_call
 
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
 from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
 from maml_cli.episode import Episode
+from maml_cli.errors import UserError
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
-from tests.algorithms.test_maml import CASES, LR, assert_close
+from tests.algorithms.test_maml import CASES, LR, assert_close, naive_meta_gradient
 
 
 def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
@@ -23,7 +26,33 @@ def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
     assert choose_strategy("auto", conv, cuda) == "vmap"
     torch_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     assert choose_strategy("auto", torch_bn, cuda) == "loop"
+    with pytest.raises(UserError, match="engine=vmap gives wrong second-order gradients"):
+        choose_strategy("vmap", torch_bn, cpu)
     assert choose_strategy("loop", mlp, cuda) == "loop"
+
+
+def test_torchs_batchnorm_without_running_stats_gets_the_exact_meta_gradient_in_the_loop():
+    """A model with torch's own nn.BatchNorm, as build() prepares it (no running statistics,
+    which torch.func.grad cannot update in place), against the naive reference in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3)).double()
+    torch.func.replace_all_batch_norm_modules_(model)
+    episode = Episode(torch.randn(3, 6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (3, 6)),
+                      torch.randn(3, 9, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (3, 9)))
+    names = [n for n, _ in model.named_parameters()]
+
+    def forward(weights, x):
+        return functional_call(model, dict(zip(names, weights)), (x,))
+
+    def accuracy(logits, y):
+        return (logits.argmax(-1) == y).double().mean()
+
+    case = (model, F.cross_entropy, accuracy, episode, forward)
+    want = naive_meta_gradient(list(model.parameters()), case, steps=2, first_order=False)
+    algorithm = MAML(model, F.cross_entropy, accuracy, SGD(LR, steps=2))
+    Engine("loop").meta_backward(algorithm, dict(model.named_parameters()), {}, episode, steps=2)
+    assert_close([p.grad for p in model.parameters()], want)
 
 
 def test_compile_auto_compiles_on_cuda_only():
