@@ -40,10 +40,10 @@ class Algorithm:
         self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
         self.inner, self.num_classes = inner, num_classes
         self.learned = nn.Module()
-        self.iteration = 0  # the meta-iteration being trained, for schedules inside the algorithm
 
     def start_iteration(self, iteration: int) -> None:
-        self.iteration = iteration
+        """Before each meta-iteration (1, 2, ...): where schedules inside the algorithm are set,
+        outside task_loss, so that a compiled task_loss does not see them change."""
 
     def forward(self, params: Params, buffers: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, (params, buffers), (x,))

@@ -100,7 +100,6 @@ class MAML(Algorithm):
         return torch.cat([v.detach().flatten() for v in self.lrs.values()]).mean()
 
     def start_iteration(self, iteration: int) -> None:
-        super().start_iteration(iteration)
         self.order_first = self.first_order or 0 < iteration <= self.first_order_until
         self.msl_on = self.multi_step_loss and iteration <= self.msl_iterations
         self.msl_progress.fill_((iteration - 1) / max(self.msl_iterations, 1))
