@@ -102,7 +102,8 @@ class MAML(Algorithm):
     def start_iteration(self, iteration: int) -> None:
         self.order_first = self.first_order or 0 < iteration <= self.first_order_until
         self.msl_on = self.multi_step_loss and iteration <= self.msl_iterations
-        self.msl_progress.fill_((iteration - 1) / max(self.msl_iterations, 1))
+        if self.msl_on:  # a kernel launch on the GPU: only when the weights are used
+            self.msl_progress.fill_((iteration - 1) / max(self.msl_iterations, 1))
 
     def step_weights(self, steps: int) -> Tensor | None:
         """MAML++'s multi-step loss: the weights of the query losses after steps 1..steps, from
