@@ -5,9 +5,12 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# Subprocess timeouts only catch a hang: far beyond any run's time on a slow, busy machine, so
+# that no test depends on the machine's speed (learning tests have iteration budgets).
+HANG_GUARD_S = 1800
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: float = 300, env=None):
+def run_cli(script: str, *args: str, cwd: Path, timeout: float = HANG_GUARD_S, env=None):
     """Run a real console script (maml-train / maml-eval) in a subprocess."""
     return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -21,7 +24,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 INJECT = Path(__file__).parent / "reliability" / "inject.py"
 
 
-def with_fault(fault: str, *args: str, cwd: Path, timeout: float = 300):
+def with_fault(fault: str, *args: str, cwd: Path, timeout: float = HANG_GUARD_S):
     """maml-train in a subprocess with a fault injected (see tests/reliability/inject.py)."""
     return subprocess.run([sys.executable, str(INJECT), fault, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)

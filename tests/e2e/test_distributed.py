@@ -7,7 +7,7 @@ import subprocess
 
 import torch
 
-from tests.helpers import BIN, ok, run_cli
+from tests.helpers import BIN, HANG_GUARD_S, ok, run_cli
 
 RUN = ["device=cpu", "device.threads=1", "trainer.iterations=6", "trainer.meta_batch_size=4",
        "trainer.val_every=3", "trainer.val_tasks=10", "trainer.log_every=2"]
@@ -17,7 +17,7 @@ def test_two_ranks_match_one_process_with_the_same_meta_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
                        "maml_cli.train", *RUN], cwd=tmp_path, capture_output=True, text=True,
-                      timeout=300, env=env))
+                      timeout=HANG_GUARD_S, env=env))
     ok(run_cli("maml-train", *RUN, "hydra.run.dir=single", cwd=tmp_path))
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 1  # every rank used rank 0's run dir
@@ -42,6 +42,6 @@ def test_maml_eval_shards_its_test_tasks_and_reports_what_one_process_does(train
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
                        "maml_cli.eval", *args], cwd=tmp_path, capture_output=True, text=True,
-                      timeout=300, env=env))
+                      timeout=HANG_GUARD_S, env=env))
     assert (tmp_path / "eval.json").read_text() == report
     assert not (tmp_path / "outputs").exists()  # maml-eval has no run dir, sharded or not
