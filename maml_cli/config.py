@@ -27,6 +27,9 @@ def config_dir() -> str:
 @dataclass
 class TrainerConfig:
     iterations: int = 15000
+    # End this process after that iteration (last.pt written, exit 0); resume= goes on to
+    # `iterations` on the same schedule. Taken from each command, never from a checkpoint.
+    stop_after: int | None = None
     meta_batch_size: int = 25
     val_every: int = 1000
     val_tasks: int = 200
@@ -121,6 +124,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("outer.lr", "> 0", _positive),
     ("trainer.iterations", ">= 0", lambda v: v >= 0),
     ("trainer.meta_batch_size", ">= 1", lambda v: v >= 1),
+    ("trainer.stop_after", ">= 1, or null for trainer.iterations", lambda v: v >= 1),
     ("trainer.val_every", ">= 0 (0 disables validation)", lambda v: v >= 0),
     ("trainer.val_tasks", ">= 1", lambda v: v >= 1),
     ("trainer.checkpoint_every", ">= 0 (0: only last.pt and best.pt)", lambda v: v >= 0),
@@ -175,15 +179,44 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     merged.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), merged.trainer)
     for key in _FROM_COMMAND:
         merged[key] = cfg[key]
+    merged.trainer.stop_after = cfg.trainer.stop_after
     groups = config_groups()
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in groups and key not in _FROM_COMMAND:
-            raise UserError(
-                f"{key}= cannot change when continuing from a checkpoint: its own {key} config is "
-                f"used (override single keys instead, e.g. {key}.<name>=...)"
-            )
-        if key.split(".")[0] not in _FROM_COMMAND and OmegaConf.select(cfg, key) is not None:
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    chosen = [o for o, k in zip(overrides, keys) if k in groups and k not in _FROM_COMMAND]
+    if chosen:
+        single = {k for k in keys if k not in groups}
+        _same_experiment(merged, cfg, chosen,
+                         skip={*single, *_FROM_COMMAND, "resume", "trainer.stop_after"})
+    for key in keys:
+        if (key not in groups and key.split(".")[0] not in _FROM_COMMAND
+                and OmegaConf.select(cfg, key) is not None):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     OmegaConf.set_struct(merged, True)
     return merged
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items()
+                for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _same_experiment(stored: DictConfig, cfg: DictConfig, chosen: list[str],
+                     skip: set[str]) -> None:
+    """A continued run keeps its checkpoint's experiment: group choices on the command line (the
+    user's original command, say) are accepted when they compose the same config, and refused
+    naming the first key they would change. Keys set one by one on the command line, and keys
+    added to maml-cli since the checkpoint was written, are not compared."""
+    old = _leaves(OmegaConf.to_container(stored, resolve=True))
+    new = _leaves(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in new.items():
+        if key in old and old[key] != value and not any(
+                key == s or key.startswith(f"{s}.") for s in skip):
+            # The choice of the key's own group, else a preset (it sets keys of any group).
+            choice = next((c for c in chosen if c.split("=")[0] == key.split(".")[0]),
+                          next((c for c in chosen if c.lstrip("+~").split("=")[0] not in cfg),
+                               chosen[0]))
+            raise UserError(f"{choice} would change {key} from the checkpoint's {old[key]!r} to "
+                            f"{value!r}: a continued run keeps its own config (change single "
+                            f"keys, e.g. {key}=..., or start a new run)")

@@ -185,14 +185,16 @@ class Trainer:
             if run.engine.compile:
                 log.info("trainer.compile: the first iteration compiles the meta-batch (30 s "
                          "to minutes); trainer.compile=false skips that")
-            while self.iteration < tc.iterations:
+            # stop_after ends this process early; the schedule still spans tc.iterations.
+            end = min(tc.iterations, tc.stop_after or tc.iterations)
+            while self.iteration < end:
                 self.iteration += 1
                 metrics = self._step(params, buffers, weights, bool(stop))
                 if metrics is not None:
                     # Summed on the device; read back (a sync) only once per log window.
                     sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
                     window_iters += 1
-                final = self.iteration == tc.iterations
+                final = self.iteration == end
                 if self.iteration % tc.log_every == 0 or final:
                     self._check_finite()
                     elapsed = time.perf_counter() - window_start
@@ -224,6 +226,9 @@ class Trainer:
                 if self.stopping:
                     self._stop(stop[0] if stop else signal.SIGTERM)
             self.save("last.pt")
+            if self.iteration < tc.iterations and main:
+                log.info("stopped after iteration %d of %d (trainer.stop_after); continue "
+                         "with: maml-train resume=%s", self.iteration, tc.iterations, self.run_dir)
             result = self._result() if main else None
             tracker.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
                             {f"hparam/val_{name}_best": result,

@@ -53,6 +53,7 @@ OUT_OF_RANGE = [
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
     ("trainer.keep_last=-1", "trainer.keep_last"), ("trainer.log_every=0", "trainer.log_every"),
     ("trainer.nan_policy=ignore", "trainer.nan_policy"),
+    ("trainer.stop_after=0", "trainer.stop_after"),
     ("trainer.lr_schedule=step", "trainer.lr_schedule"), ("trainer.min_lr=-1", "trainer.min_lr"),
     ("algorithm.adapt=body", "algorithm.adapt"), ("algorithm.lr_mode=learned", "algorithm.lr_mode"),
     ("algorithm.first_order_until=-1", "algorithm.first_order_until"),
@@ -101,10 +102,23 @@ def test_from_checkpoint_keeps_stored_config_and_applies_explicit_overrides():
     assert merged.trainer.compile == "auto" and merged.trainer.amp is None  # the defaults
 
 
-def test_from_checkpoint_refuses_a_group_change():
+def test_from_checkpoint_refuses_a_group_change_naming_both_values():
     stored = OmegaConf.to_container(compose_train())
-    with pytest.raises(UserError, match="algorithm= cannot change"):
+    with pytest.raises(UserError, match="algorithm=fomaml would change algorithm.first_order "
+                                        "from the checkpoint's False to True"):
         from_checkpoint(stored, compose_train("algorithm=fomaml"), ["algorithm=fomaml"])
+
+
+def test_from_checkpoint_accepts_the_original_command():
+    original = ["task=sinusoid", "device=cpu", "trainer.iterations=400", "seed=7",
+                "+experiment=sinusoid_paper", "task.shots=5"]
+    stored = OmegaConf.to_container(compose_train(*original), resolve=True)
+    merged = from_checkpoint(stored, compose_train(*original, "resume=x"), [*original, "resume=x"])
+    assert merged.seed == 7 and merged.task.shots == 5 and merged.trainer.iterations == 400
+    # Another preset changes the experiment: refused.
+    with pytest.raises(UserError, match="model=conv4 would change model._target_"):
+        from_checkpoint(stored, compose_train(*original, "model=conv4"),
+                        [*original, "model=conv4"])
 
 
 def test_paper_preset_composes():

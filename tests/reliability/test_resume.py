@@ -65,3 +65,18 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path, kill_at, 
         # together every step once, with the uninterrupted run's values.
         assert before[tag] == {s: v for s, v in steps.items() if s < kill_at}, tag
         assert after[tag] == {s: v for s, v in steps.items() if s > checkpointed}, tag
+
+
+def test_stop_after_then_resume_with_the_original_command_is_bit_identical(uninterrupted,
+                                                                          tmp_path):
+    # trainer.stop_after ends the process early on the full run's schedule (cosine over 30).
+    ok(run_cli("maml-train", *COMMON, "trainer.stop_after=17", "hydra.run.dir=first",
+               cwd=tmp_path))
+    assert torch.load(tmp_path / "first/checkpoints/last.pt",
+                      weights_only=True)["iteration"] == 17
+    # The user's own command with resume= added: equal group choices are no change.
+    ok(run_cli("maml-train", *COMMON, "resume=first", "hydra.run.dir=second", cwd=tmp_path))
+    full = torch.load(uninterrupted / "checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "second/checkpoints/last.pt", weights_only=True)
+    assert_same_state({k: v for k, v in full.items() if k != "config"},
+                      {k: v for k, v in resumed.items() if k != "config"})
