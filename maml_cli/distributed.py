@@ -1,9 +1,11 @@
 """One run across processes with torch.distributed (started by torchrun).
 
 Every rank draws the same meta-batch from the same seeded sampler and keeps its own slice of the
-tasks, so no two ranks train on the same task and the union is exactly the single-process
-meta-batch. The meta-gradients are averaged with one all_reduce per iteration, which leaves
-every rank's meta-parameters identical. Rank 0 alone validates, logs and checkpoints.
+tasks (as even as it can be: 25 tasks on 2 ranks are 13 and 12), so no two ranks train on the
+same task and the union is exactly the single-process meta-batch. The meta-gradients are
+combined with one all_reduce per iteration, each rank's weighted by its share of the tasks, so
+the result is the single-process mean and every rank's meta-parameters stay identical. Rank 0
+alone validates, logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ class Group:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def tasks(self, total: int) -> slice:
+        """This rank's tasks of a meta-batch of `total`: the first total % world ranks take one
+        more than the others."""
+        base, extra = divmod(total, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def share(self, total: int) -> float:
+        """This rank's fraction of the tasks: the weight of its means in the meta-batch's."""
+        part = self.tasks(total)
+        return (part.stop - part.start) / total
 
 
 ONE_PROCESS = Group()
@@ -56,24 +70,25 @@ def launch_overrides(argv: list[str], shared_run_dir: bool) -> list[str]:
     return overrides
 
 
-def average(grads: list[torch.Tensor], loss: torch.Tensor, stop: bool) -> tuple[torch.Tensor, bool]:
-    """All-reduce in one message: the gradients and the loss averaged over ranks, and whether
-    any rank was asked to stop, so that all ranks stop after the same iteration."""
-    flat = torch.cat([*(g.flatten() for g in grads), loss.detach().view(1),
-                      torch.tensor([float(stop)], device=loss.device)])
+def average(grads: list[torch.Tensor], loss: torch.Tensor, stop: bool,
+            share: float) -> tuple[torch.Tensor, bool]:
+    """All-reduce in one message: the gradients and the loss, each rank's per-task means
+    weighted by its `share` of the tasks, and whether any rank was asked to stop, so that all
+    ranks stop after the same iteration."""
+    flat = torch.cat([*(g.flatten() for g in grads), loss.detach().view(1)]) * share
+    flat = torch.cat([flat, torch.tensor([float(stop)], device=loss.device)])
     dist.all_reduce(flat)
-    world = dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g) / world)
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
-    return flat[-2] / world, bool(flat[-1] > 0)
+    return flat[-2], bool(flat[-1] > 0)
 
 
-def average_metrics(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    stacked = torch.stack(list(values.values()))
+def average_metrics(values: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    stacked = torch.stack(list(values.values())) * share
     dist.all_reduce(stacked)
-    return dict(zip(values, stacked / dist.get_world_size()))
+    return dict(zip(values, stacked))
 
 
 def gather(items: list) -> list:

@@ -25,15 +25,20 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     resume = None
     if cfg.resume:
-        resume = checkpoint.load(checkpoint.locate(cfg.resume, prefer="last.pt"))
+        path = checkpoint.locate(cfg.resume, prefer="last.pt")
+        resume = checkpoint.load(path)
+        if "optimizer" not in resume:
+            raise UserError(f"{path} holds weights only (no optimizer or random state), so it "
+                            "can be evaluated with maml-eval but not continued; resume= needs a "
+                            "run's own checkpoint")
         cfg = from_checkpoint(resume["config"], cfg, list(hydra_cfg.overrides.task))
     if cfg.device.threads is None:
         cfg.device.threads = jobs.cpu_share()
     validate(cfg)
     world = distributed.group().world
-    if cfg.trainer.meta_batch_size % world:
-        raise UserError(f"trainer.meta_batch_size={cfg.trainer.meta_batch_size} must be a "
-                        f"multiple of the {world} processes sharing each meta-batch")
+    if cfg.trainer.meta_batch_size < world:
+        raise UserError(f"trainer.meta_batch_size={cfg.trainer.meta_batch_size} must be at "
+                        f"least the {world} processes sharing each meta-batch")
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if any((run_dir / "checkpoints").glob("*.pt")):
         raise UserError(f"{run_dir} already holds an earlier run's checkpoints; give this run "

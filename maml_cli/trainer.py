@@ -204,7 +204,8 @@ class Trainer:
                     if window_iters:
                         means = {k: v / window_iters for k, v in sums.items()}
                         if self.group.world > 1:
-                            means = distributed.average_metrics(means)
+                            means = distributed.average_metrics(
+                                means, self.group.share(tc.meta_batch_size))
                         last = {k: v.item() for k, v in means.items()}
                         scalars |= {
                             "train/query_loss_pre": last["loss_pre"],
@@ -260,8 +261,7 @@ class Trainer:
         cfg, run, group = self.cfg, self.run, self.group
         episode = run.task.sample("train", cfg.trainer.meta_batch_size, self.generator)
         if group.world > 1:  # this rank's slice of the meta-batch every rank drew
-            share = cfg.trainer.meta_batch_size // group.world
-            episode = episode[group.rank * share:(group.rank + 1) * share]
+            episode = episode[group.tasks(cfg.trainer.meta_batch_size)]
         self.optimizer.zero_grad(set_to_none=True)
         for param_group, base in zip(self.optimizer.param_groups, self.base_lrs):
             param_group["lr"] = base * self.lr_factor(self.iteration - 1)
@@ -271,7 +271,8 @@ class Trainer:
         grads = [p.grad for p in weights if p.grad is not None]
         self.stopping = stop_requested
         if group.world > 1:
-            loss, self.stopping = distributed.average(grads, loss, stop_requested)
+            loss, self.stopping = distributed.average(
+                grads, loss, stop_requested, group.share(cfg.trainer.meta_batch_size))
         finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if cfg.trainer.nan_policy == "skip":
             if not finite.item():  # a sync per iteration: the price of choosing to skip

@@ -9,11 +9,12 @@ import torch
 
 from tests.helpers import BIN, HANG_GUARD_S, ok, run_cli
 
-RUN = ["device=cpu", "device.threads=1", "trainer.iterations=6", "trainer.meta_batch_size=4",
+# The default meta-batch, 25 tasks: 13 on one rank and 12 on the other (README's command).
+RUN = ["device=cpu", "device.threads=1", "trainer.iterations=6",
        "trainer.val_every=3", "trainer.val_tasks=10", "trainer.log_every=2"]
 
 
-def test_two_ranks_match_one_process_with_the_same_meta_batch(tmp_path):
+def test_two_ranks_match_one_process_with_the_same_uneven_meta_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
                        "maml_cli.train", *RUN], cwd=tmp_path, capture_output=True, text=True,
@@ -45,3 +46,16 @@ def test_maml_eval_shards_its_test_tasks_and_reports_what_one_process_does(train
                       timeout=HANG_GUARD_S, env=env))
     assert (tmp_path / "eval.json").read_text() == report
     assert not (tmp_path / "outputs").exists()  # maml-eval has no run dir, sharded or not
+
+
+def test_ranks_split_any_meta_batch_into_consecutive_near_equal_slices():
+    from maml_cli.distributed import Group
+
+    for total in (1, 2, 25, 31):
+        for world in range(1, min(total, 5) + 1):
+            parts = [Group(rank, world).tasks(total) for rank in range(world)]
+            sizes = [p.stop - p.start for p in parts]
+            assert parts[0].start == 0 and parts[-1].stop == total
+            assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+            assert max(sizes) - min(sizes) <= 1
+            assert abs(sum(Group(r, world).share(total) for r in range(world)) - 1) < 1e-12
