@@ -95,7 +95,17 @@ class EvalRunConfig(RunConfig):
     compare: list[str] = field(default_factory=list)
 
 
+def group_options() -> str:
+    """The help's list of config groups and their options: the configs/ folders only, not the
+    schemas registered beside them (schema/...), which are no choice of the user's."""
+    root = Path(config_dir())
+    return "\n".join(f"{group}: {', '.join(sorted(p.stem for p in (root / group).glob('*.yaml')))}"
+                     for group in config_groups())
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("maml_groups"):
+        OmegaConf.register_new_resolver("maml_groups", group_options)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)

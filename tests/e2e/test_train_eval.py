@@ -82,3 +82,6 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
     eval_help = subprocess.run([sys.executable, "-m", "maml_cli.eval", "--help"], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
     assert "checkpoint:" in eval_help and "tasks:" in eval_help
+    # Only the groups a user chooses from: no structured-config registrations (schema/...).
+    for text in (helped, eval_help):
+        assert "schema" not in text and "model: conv4, mlp" in text
