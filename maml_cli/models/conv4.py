@@ -19,21 +19,24 @@ class BatchStatNorm(nn.Module):
     second-order gradients through nn.BatchNorm2d under torch.func.vmap are wrong.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5):
+    def __init__(self, channels: int, eps: float = 1e-5, scale: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
+        self.weight = nn.Parameter(torch.ones(channels)) if scale else None
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = self.weight.view(1, -1, 1, 1) * scale
         return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
 
 
 DOWNSAMPLING = ("stride", "maxpool")
-NORMS = ("batch", "none")
+NORMS = ("batch", "batch_offset", "none")
+INITS = ("torch", "reference")
 
 
 class Conv4(nn.Sequential):
@@ -45,12 +48,15 @@ class Conv4(nn.Sequential):
     """
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, filters: int = 64,
-                 downsample: str = "stride", norm: str = "batch", spatial_mean: bool = True):
+                 downsample: str = "stride", norm: str = "batch", spatial_mean: bool = True,
+                 init: str = "torch"):
         if downsample not in DOWNSAMPLING:
             raise UserError(f"model.downsample must be one of {', '.join(DOWNSAMPLING)} "
                             f"(got {downsample!r})")
         if norm not in NORMS:
             raise UserError(f"model.norm must be one of {', '.join(NORMS)} (got {norm!r})")
+        if init not in INITS:
+            raise UserError(f"model.init must be one of {', '.join(INITS)} (got {init!r})")
         if filters < 1:
             raise UserError(f"model.filters must be >= 1 (got {filters})")
         layers: list[nn.Module] = []
@@ -58,7 +64,8 @@ class Conv4(nn.Sequential):
         for _ in range(4):
             stride = 2 if downsample == "stride" else 1
             layers.append(nn.Conv2d(channels, filters, 3, stride=stride, padding=1))
-            layers.append(BatchStatNorm(filters) if norm == "batch" else nn.Identity())
+            layers.append(nn.Identity() if norm == "none"
+                          else BatchStatNorm(filters, scale=norm == "batch"))
             layers.append(nn.ReLU())
             if downsample == "maxpool":
                 layers.append(nn.MaxPool2d(2))
@@ -70,3 +77,17 @@ class Conv4(nn.Sequential):
         else:
             layers += [nn.Flatten(), nn.Linear(filters * height * width, num_outputs)]
         super().__init__(*layers)
+        if init == "reference":
+            self._reference_init(spatial_mean)
+
+    def _reference_init(self, spatial_mean: bool) -> None:
+        """The reference code's initialisation: Glorot-uniform convolutions, zero biases, and a
+        head drawn from N(0, 1) on spatially averaged features (Glorot-uniform on flattened
+        ones), for comparisons with it (docs/results.md, "FOMAML")."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(module.bias)
+                if isinstance(module, nn.Conv2d) or not spatial_mean:
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.normal_(module.weight)

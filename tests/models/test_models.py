@@ -35,3 +35,29 @@ def test_batch_stat_norm_normalises_each_batch_by_its_own_statistics():
                                rtol=0)
     torch.testing.assert_close(norm(x[:2]), torch.nn.functional.batch_norm(
         x[:2], None, None, norm.weight, norm.bias, training=True))
+
+
+def test_offset_only_norm_is_batch_norm_with_its_scale_fixed_at_one():
+    torch.manual_seed(0)
+    offset_only = Conv4((1, 28, 28), 5, filters=8, norm="batch_offset")
+    full = Conv4((1, 28, 28), 5, filters=8)
+    norms = [m for m in offset_only.modules() if isinstance(m, BatchStatNorm)]
+    assert len(norms) == 4 and all(m.weight is None for m in norms)
+    state = {k: v for k, v in full.state_dict().items() if k in offset_only.state_dict()}
+    offset_only.load_state_dict(state)
+    x = torch.rand(6, 1, 28, 28)
+    torch.testing.assert_close(offset_only(x), full(x))  # full's scales are still 1
+
+
+def test_reference_init_draws_the_reference_codes_distributions():
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5, filters=64, init="reference")
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    head = model[-1]
+    assert all(not m.bias.detach().any() for m in [*convs, head])
+    assert 0.9 < float(head.weight.detach().std()) < 1.1  # N(0, 1) on spatially averaged features
+    bound = (6 / (9 * 64 + 9 * 64)) ** 0.5  # Glorot-uniform, 3x3 kernels, 64 -> 64
+    assert float(convs[1].weight.detach().abs().max()) <= bound
+    assert float(convs[1].weight.detach().std()) == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    with pytest.raises(UserError, match="model.init must be one of torch, reference"):
+        Conv4((1, 28, 28), 5, init="xavier")
