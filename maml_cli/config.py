@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from maml_cli import schemas
-from maml_cli.algorithms.maml import ADAPT, LR_MODES
+from maml_cli.algorithms.maml import ADAPT, HEAD_INITS, LR_MODES
 from maml_cli.engine import AMP_DTYPES, STRATEGIES
 from maml_cli.errors import UserError
 
@@ -147,6 +147,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.amp", "bf16, or null for float32", lambda v: v in AMP_DTYPES),
     ("algorithm.adapt", f"one of {', '.join(ADAPT)}", lambda v: v in ADAPT),
     ("algorithm.lr_mode", f"one of {', '.join(LR_MODES)}", lambda v: v in LR_MODES),
+    ("algorithm.head_init", f"one of {', '.join(HEAD_INITS)}", lambda v: v in HEAD_INITS),
     ("algorithm.first_order_until", ">= 0", lambda v: v >= 0),
     ("algorithm.msl_iterations", ">= 0", lambda v: v >= 0),
     ("algorithm.inner_batch_size", ">= 1, or null for the whole support set", lambda v: v >= 1),

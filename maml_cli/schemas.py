@@ -46,6 +46,7 @@ class MNISTConfig(ImageTaskConfig):
     train_classes: list[int] = MISSING
     val_classes: list[int] = MISSING
     test_classes: list[int] = MISSING
+    rotations: list[int] = MISSING
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Conv4Config(Target):
     downsample: str = MISSING
     norm: str = MISSING
     spatial_mean: bool = MISSING
+    init: str = MISSING
 
 
 @dataclass
@@ -76,6 +78,7 @@ class MAMLConfig(Target):
     multi_step_loss: bool = MISSING
     msl_iterations: int = MISSING
     inner_batch_size: int | None = MISSING
+    head_init: str = MISSING
 
 
 @dataclass

@@ -56,6 +56,7 @@ OUT_OF_RANGE = [
     ("trainer.stop_after=0", "trainer.stop_after"),
     ("trainer.lr_schedule=step", "trainer.lr_schedule"), ("trainer.min_lr=-1", "trainer.min_lr"),
     ("algorithm.adapt=body", "algorithm.adapt"), ("algorithm.lr_mode=learned", "algorithm.lr_mode"),
+    ("algorithm.head_init=random", "algorithm.head_init"),
     ("algorithm.first_order_until=-1", "algorithm.first_order_until"),
     ("algorithm.msl_iterations=-1", "algorithm.msl_iterations"),
     ("algorithm.inner_batch_size=0", "algorithm.inner_batch_size"),

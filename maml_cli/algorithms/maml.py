@@ -15,8 +15,9 @@ from torch.func import functional_call, grad
 from maml_cli.algorithms.base import Algorithm, Params, body_params, split_head
 from maml_cli.errors import UserError
 
-ADAPT = ("all", "head")
+ADAPT = ("all", "no_norm", "head")
 LR_MODES = ("fixed", "per_layer_step", "per_parameter")
+HEAD_INITS = ("learned", "zero")
 # MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
 MSL_MIN_SHARE = 0.03
 
@@ -42,11 +43,13 @@ class MAML(Algorithm):
 
     def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, first_order=False,
                  first_order_until=0, adapt="all", lr_mode="fixed", per_step_norm=False,
-                 multi_step_loss=False, msl_iterations=0, inner_batch_size=None):
+                 multi_step_loss=False, msl_iterations=0, inner_batch_size=None,
+                 head_init="learned"):
         super().__init__(model, loss_fn, metric_fn, inner, num_classes)
-        if adapt not in ADAPT or lr_mode not in LR_MODES:
-            raise UserError(f"algorithm.adapt must be one of {', '.join(ADAPT)} and "
-                            f"algorithm.lr_mode one of {', '.join(LR_MODES)}")
+        if adapt not in ADAPT or lr_mode not in LR_MODES or head_init not in HEAD_INITS:
+            raise UserError(f"algorithm.adapt must be one of {', '.join(ADAPT)}, algorithm."
+                            f"lr_mode one of {', '.join(LR_MODES)} and algorithm.head_init one "
+                            f"of {', '.join(HEAD_INITS)}")
         if adapt == "head" and per_step_norm:
             raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
                             "the body runs once per task, not once per step")
@@ -62,6 +65,13 @@ class MAML(Algorithm):
         self.body = self.head = None
         if adapt == "head":
             self.body, self.head, self.head_prefix = split_head(model, "algorithm.adapt=head")
+        # head_init=zero: every task's head starts from zero, not from a meta-learned init
+        # (the "zeroing trick", Kao et al. 2022): a random shared head adds the same noise to
+        # every task's logits, which first-order training never learns to remove.
+        self.zeroed = []
+        if head_init == "zero":
+            prefix = split_head(model, "algorithm.head_init=zero")[2]
+            self.zeroed = [n for n, _ in model.named_parameters() if n.startswith(prefix)]
         # Per-step norm weights stand in for the model's own (then unused) and are not adapted
         # in the inner loop, as in MAML++. Its per-step running statistics have no counterpart:
         # MAML++ normalises with batch statistics in training and test alike, as conv4's norm
@@ -72,8 +82,13 @@ class MAML(Algorithm):
                 for short, value in module.named_parameters(recurse=False):
                     self.norm_params[f"{name}.{short}"] = value.detach().expand(
                         self.num_steps, *value.shape).clone()
-        # What the inner loop updates: all but per-step norm weights, or the head alone.
-        self.adapted = [n for n, _ in model.named_parameters() if n not in self.norm_params
+        # What the inner loop updates: all but per-step norm weights, all but the norm layers'
+        # (as in the reference code, whose norm offsets are meta-learned only), or the head.
+        frozen = set(self.norm_params)
+        if adapt == "no_norm":
+            frozen |= {f"{m}.{p}" if m else p for m, module in model.named_modules()
+                       if _is_norm(module) for p, _ in module.named_parameters(recurse=False)}
+        self.adapted = [n for n, _ in model.named_parameters() if n not in frozen
                         and (self.head is None or n.startswith(self.head_prefix))]
         self.lrs = {}
         for name in self.adapted:
@@ -132,6 +147,7 @@ class MAML(Algorithm):
             support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
                                   for x in (support_x, query_x))
         fast = {k: params[k] for k in self.adapted}
+        fast |= {k: torch.zeros_like(params[k]) for k in self.zeroed}
         fixed = {k: v for k, v in params.items() if k not in fast}
 
         def predict(p: Params, x: Tensor, step: int) -> Tensor:

@@ -257,3 +257,36 @@ def test_protonet_refuses_regression_and_anil_refuses_what_it_cannot_split():
         MAML(nn.Linear(2, 2), loss_fn, metric_fn, SGD(LR), adapt="head")
     with pytest.raises(UserError, match="per_step_norm needs algorithm.adapt=all"):
         MAML(model, loss_fn, metric_fn, SGD(LR), adapt="head", per_step_norm=True)
+
+
+@STRATEGY
+@pytest.mark.parametrize("first_order", [False, True])
+def test_adapt_no_norm_leaves_the_norm_weights_to_the_outer_loop(strategy, first_order):
+    """The reference code's choice: its norm offsets are meta-learned, never adapted."""
+    model, loss_fn, metric_fn, episode, _ = case = CASES["conv4"](3, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), adapt="no_norm",
+                     first_order=first_order)
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    weights = list(params.values())
+    norms = {4 * i + j for i in range(4) for j in (2, 3)}  # conv4's gamma, beta per block
+    adapted = [i for i in range(len(weights)) if i not in norms]
+    want = grads_of(naive_objective(weights, case, 2, lambda i, s: LR, adapted,
+                                    first_order=first_order), weights)
+    assert_close(engine_grads(weights), want)
+    assert all(torch.linalg.norm(weights[i].grad) > 0 for i in norms)  # meta-learned
+
+
+@MODELS
+@STRATEGY
+@pytest.mark.parametrize("first_order", [False, True])
+def test_head_init_zero_starts_every_task_from_a_zero_head(model_name, strategy, first_order):
+    model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](4, tasks=3)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), head_init="zero",
+                     first_order=first_order)
+    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    weights = list(params.values())
+    body, head = weights[:-2], [torch.zeros_like(w, requires_grad=True) for w in weights[-2:]]
+    want = grads_of(naive_objective(body + head, case, 2, lambda i, s: LR,
+                                    range(len(weights)), first_order=first_order), body)
+    assert_close(engine_grads(body), want)
+    assert all(w.grad is None for w in weights[-2:])  # the head's init is no meta-parameter
