@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,20 @@ def cached(path: Path, format_tag: str, build: Callable[[], dict]) -> dict:
         raise UserError(f"cannot write the dataset cache {path}: {e} "
                         "(set data.cache_dir to a writable folder)") from None
     return data
+
+
+def check_rotations(rotations: Sequence[int]) -> list[int]:
+    if not rotations or any(r % 90 for r in rotations) or len(set(rotations)) < len(rotations):
+        raise UserError(f"task.rotations must be distinct multiples of 90 (got {rotations})")
+    return list(rotations)
+
+
+def rotate_classes(images: torch.Tensor, labels: torch.Tensor,
+                   rotations: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each rotation of each class becomes a class of its own (images [N, C, H, W])."""
+    offset = int(labels.max()) + 1
+    return (torch.cat([torch.rot90(images, r // 90, dims=(-2, -1)) for r in rotations]),
+            torch.cat([labels + i * offset for i in range(len(rotations))]))
 
 
 def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from maml_cli.errors import UserError
 from maml_cli.tasks.base import SPLITS
-from maml_cli.tasks.images import ImageTasks, cached
+from maml_cli.tasks.images import ImageTasks, cached, check_rotations, rotate_classes
 
 PARTS = ("images_background", "images_evaluation")
 DRAWINGS = 20
@@ -83,9 +83,7 @@ class Omniglot(ImageTasks):
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 1,
                  eval_queries: int | None = None, rotations: Sequence[int] = (0, 90, 180, 270),
                  image_size: int = 28, loss_scale: float = 1.0, device="cpu", data=None):
-        if not rotations or any(r % 90 for r in rotations) or len(set(rotations)) < len(rotations):
-            raise UserError(f"task.rotations must be distinct multiples of 90 (got {rotations})")
-        self.rotations, self.image_size = list(rotations), image_size
+        self.rotations, self.image_size = check_rotations(rotations), image_size
         super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
 
     def load_splits(self):
@@ -103,9 +101,7 @@ class Omniglot(ImageTasks):
         splits = {}
         for name in SPLITS:
             images = dataset["images"][[row[c] for c in split_characters[name]]]
-            # Each rotation of each character is a class of its own.
-            rotated = torch.cat([torch.rot90(images, r // 90, dims=(-2, -1))
-                                 for r in self.rotations])  # [R * chars, 20, H, W]
-            labels = torch.arange(rotated.shape[0]).repeat_interleave(DRAWINGS)
-            splits[name] = (rotated.flatten(0, 1).unsqueeze(1), labels)
+            labels = torch.arange(images.shape[0]).repeat_interleave(DRAWINGS)
+            splits[name] = rotate_classes(images.flatten(0, 1).unsqueeze(1), labels,
+                                          self.rotations)
         return splits

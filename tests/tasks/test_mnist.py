@@ -50,3 +50,18 @@ def test_missing_files_are_a_clear_error(tmp_path):
     data = OmegaConf.create({"root": str(tmp_path), "download": False, "cache_dir": str(tmp_path)})
     with pytest.raises(UserError, match=r"MNIST missing or unreadable under .*data.download=true"):
         MNIST(data=data)
+
+
+def test_each_rotation_of_a_digit_is_a_class_of_its_own(tasks, data_config):
+    rotated = MNIST(rotations=[0, 90, 180, 270], data=data_config)
+    for name in ("train", "val", "test"):
+        plain, split = tasks.splits[name], rotated.splits[name]
+        assert split.num_classes == 4 * plain.num_classes
+        assert split.counts.tolist() == plain.counts.tolist() * 4
+    # Class 4 + d of the training split is digit d turned by 90 degrees.
+    plain, split = tasks.splits["train"], rotated.splits["train"]
+    first = plain.images[plain.index[2, 0]]
+    torch.testing.assert_close(split.images[split.index[4 + 2, 0]],
+                               torch.rot90(first, 1, dims=(-2, -1)))
+    with pytest.raises(UserError, match="task.rotations must be distinct multiples of 90"):
+        MNIST(rotations=[0, 45], data=data_config)
