@@ -1,0 +1,227 @@
+"""Results rows, end to end: train a row of benchmarks/rows.yaml with maml-train (continuing an
+unfinished one with resume=), evaluate it with maml-eval, and keep the outcome under
+benchmarks/results/rows/<row>/: row.json (commands, iterations, wall time, hardware, versions,
+the paper's number), a weights-only copy of the evaluated checkpoint (model.pt) and maml-eval's
+eval.json beside it. docs/results.md's table is generated from those files.
+
+    python benchmarks/reproduce.py ROW [ROW ...] [--device cpu|cuda] [--threads N]
+                                   [--stop-after N] [--runs DIR]
+    python benchmarks/reproduce.py --table          # rewrite docs/results.md's table
+    python benchmarks/reproduce.py --list           # the rows and whether each has a result
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ROOT / "benchmarks" / "rows.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "rows"
+DOC = ROOT / "docs" / "results.md"
+BEGIN, END = "<!-- results-table: begin -->", "<!-- results-table: end -->"
+BIN = Path(sys.executable).parent
+# What a weights-only copy keeps: all maml-eval reads. The optimizer and RNG states, which only
+# resume= needs, would triple a conv4 checkpoint.
+EVAL_KEYS = ("format", "version", "iteration", "model", "algorithm", "best", "metric", "config")
+
+
+def load_rows(path: Path = ROWS) -> dict[str, dict]:
+    return yaml.safe_load(path.read_text())
+
+
+def hardware(device: str) -> str:
+    if device == "cuda":
+        return f"1x {torch.cuda.get_device_name()}"
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return f"{os.cpu_count()}-core CPU ({model})"
+
+
+def segments(run_root: Path) -> list[Path]:
+    """The row's training processes that left a checkpoint, oldest first: seg1, seg2, ...,
+    each resumed from the one before."""
+    found = [p for p in run_root.glob("seg*") if p.name[3:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[3:]))
+
+
+def last_state(segment: Path) -> dict | None:
+    path = segment / "checkpoints" / "last.pt"
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def run(command: list[str], log: Path) -> float:
+    print("$", shlex.join(command), flush=True)
+    started = time.perf_counter()
+    with log.open("a") as out:
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code:
+        sys.exit(f"reproduce: {command[0]} exited {code}; see {log}")
+    return time.perf_counter() - started
+
+
+def train(name: str, row: dict, run_root: Path, machine: list[str], stop_after: int | None):
+    """Train (or continue) the row until its schedule ends or `stop_after`; its segments."""
+    run_root.mkdir(parents=True, exist_ok=True)
+    limit = [f"trainer.stop_after={stop_after}"] if stop_after else []
+    every = segments(run_root)
+    done = [s for s in every if last_state(s) is not None]  # a segment killed before its
+    if done:                                                  # first checkpoint left nothing
+        state = last_state(done[-1])
+        target = state["config"]["trainer"]["iterations"]
+        if state["iteration"] >= min(target, stop_after or target):
+            return done
+        source = ["resume=" + str(done[-1])]
+    else:
+        source = list(row["train"])
+    seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
+    run([str(BIN / "maml-train"), *source, *machine, *limit, f"hydra.run.dir={seg}"],
+        run_root / "train.log")
+    return [s for s in segments(run_root) if last_state(s) is not None]
+
+
+def evaluate(name: str, row: dict, done: list[Path], machine: list[str], out: Path) -> float:
+    """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`."""
+    # A resumed segment writes best.pt only when it improves on the best so far, so the newest
+    # best.pt of all segments is the best; without validation, the last checkpoint.
+    best = [s / "checkpoints" / "best.pt" for s in done]
+    best = [p for p in best if p.is_file()]
+    source = best[-1] if best else done[-1] / "checkpoints" / "last.pt"
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: state[k] for k in EVAL_KEYS}, out / "model.pt")
+    model = out / "model.pt"
+    shown = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model
+    return run([str(BIN / "maml-eval"), f"checkpoint={shown}",
+                *row.get("eval", []), *machine], out / "eval.log")
+
+
+def reproduce(name: str, row: dict, args) -> None:
+    machine = [f"device={args.device}"]
+    if args.threads:
+        machine.append(f"device.threads={args.threads}")
+    run_root = Path(args.runs).expanduser().resolve() / name
+    started = datetime.datetime.now(datetime.timezone.utc)
+    done = train(name, row, run_root, machine, args.stop_after)
+    out = Path(args.results) / name
+    eval_s = evaluate(name, row, done, machine, out)
+    (out / "eval.log").unlink(missing_ok=True)
+    seg_metrics = [json.loads((s / "metrics.json").read_text()) for s in done
+                   if (s / "metrics.json").is_file()]
+    config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    report = json.loads((out / "eval.json").read_text())
+    record = {
+        "row": name, "setting": row["setting"], "paper": row["paper"], "source": row["source"],
+        "train_overrides": row["train"], "eval_overrides": row.get("eval", []),
+        "commands": {
+            "train": shlex.join(["maml-train", *row["train"]]),
+            "eval": shlex.join(["maml-eval", "checkpoint=<run dir>", *row.get("eval", [])]),
+            "reproduce": f"python benchmarks/reproduce.py {name}",
+        },
+        "iterations_planned": config["config"]["trainer"]["iterations"],
+        "iterations_done": last_state(done[-1])["iteration"],
+        "evaluated_iteration": report["iteration"],
+        "meta_batch_size": config["config"]["trainer"]["meta_batch_size"],
+        "segments": len(done),
+        "train_wall_s": round(sum(m["wall_s"] for m in seg_metrics), 1),
+        "eval_wall_s": round(eval_s, 1),
+        "hardware": hardware(args.device),
+        "device_threads": args.threads,
+        "torch": torch.__version__, "maml_cli": config["version"],
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": started.isoformat(timespec="seconds"),
+        "show_steps": row["show_steps"],
+    }
+    (out / "row.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out / 'row.json'}")
+
+
+def fmt(metric: str, result: dict) -> str:
+    if metric == "accuracy":
+        return f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f}%"
+    return f"{result['mean']:.3f} ± {result['ci95']:.3f}"
+
+
+def table(rows: dict[str, dict], results: Path) -> str:
+    """The markdown table of every row: its result where one is stored, else its command."""
+    lines = ["| row | setting | paper | ours: test, mean ± 95% CI (inner steps) | iterations | "
+             "hardware, training time | command |", "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        folder = results / name
+        command = f"`python benchmarks/reproduce.py {name}`"
+        if not (folder / "row.json").is_file():
+            lines.append(f"| {name} | {row['setting']} | {row['paper']} | not yet run | — | — | "
+                         f"{command} |")
+            continue
+        record = json.loads((folder / "row.json").read_text())
+        report = json.loads((folder / "eval.json").read_text())
+        results = {r["steps"]: r for r in report["results"]}
+        ours = "; ".join(f"{fmt(report['metric'], results[s])} ({s})"
+                         for s in record["show_steps"] if s in results)
+        planned, done = record["iterations_planned"], record["iterations_done"]
+        iterations = (f"{done:,} of {planned:,} (**stopped early**)" if done < planned
+                      else f"{done:,}")
+        iterations += f", meta-batch {record['meta_batch_size']}"
+        if record["evaluated_iteration"] != done:
+            iterations += f"; best.pt from {record['evaluated_iteration']:,}"
+        lines.append(f"| {name} | {record['setting']} | {record['paper']} | {ours} | {iterations} "
+                     f"| {record['hardware']}, {record['train_wall_s']:,.0f} s | {command} |")
+    return "\n".join(lines)
+
+
+def table_in(doc: Path) -> str:
+    """The table between the markers of `doc`."""
+    return doc.read_text().split(BEGIN, 1)[1].split(END, 1)[0].strip()
+
+
+def write_table(doc: Path, rows: dict[str, dict], results: Path) -> None:
+    text = doc.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{table(rows, results)}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rows", nargs="*", help="row names of benchmarks/rows.yaml")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, help="device.threads for maml-train/maml-eval")
+    parser.add_argument("--stop-after", type=int,
+                        help="train only up to this iteration now (the row says how far it got)")
+    parser.add_argument("--runs", default="outputs/rows",
+                        help="where the training runs go (outside the results; not in git)")
+    parser.add_argument("--table", action="store_true", help="rewrite docs/results.md's table")
+    parser.add_argument("--list", action="store_true", help="list the rows")
+    # Other places than the project's own, for tests and for one's own sets of rows.
+    parser.add_argument("--rows-file", type=Path, default=ROWS, help="the rows (rows.yaml)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where results are kept")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the document with the table")
+    args = parser.parse_args()
+    rows = load_rows(args.rows_file)
+    unknown = [r for r in args.rows if r not in rows]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r} (choose from: {', '.join(rows)})")
+    if args.list:
+        for name, row in rows.items():
+            state = "done" if (args.results / name / "row.json").is_file() else "not run"
+            print(f"{name:28s} {state:8s} {row['setting']}")
+    for name in args.rows:
+        reproduce(name, rows[name], args)
+    if args.table or args.rows:
+        write_table(args.doc, rows, args.results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The results pipeline (benchmarks/reproduce.py): rows trained, continued and evaluated end to
+end; docs/results.md's table is what the stored rows say; a stored row's checkpoint gives its
+numbers again through maml-eval."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import HANG_GUARD_S, ok, run_cli
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import reproduce  # noqa: E402
+
+TINY = """
+tiny:
+  setting: a tiny sinusoid run
+  paper: "—"
+  source: none
+  train: [trainer.iterations=40, trainer.val_every=20, trainer.val_tasks=10, trainer.log_every=10]
+  eval: [eval.tasks=20]
+  show_steps: [1, 10]
+"""
+
+
+def test_the_results_table_is_generated_from_the_stored_rows():
+    stored = reproduce.table(reproduce.load_rows(), reproduce.RESULTS)
+    assert reproduce.table_in(reproduce.DOC) == stored, (
+        "docs/results.md's table differs from benchmarks/results/rows: run "
+        "`python benchmarks/reproduce.py --table`")
+
+
+def test_every_stored_row_is_a_row_with_its_files():
+    rows = reproduce.load_rows()
+    for folder in reproduce.RESULTS.glob("*"):
+        assert folder.name in rows, f"{folder} is not a row of benchmarks/rows.yaml"
+        record = json.loads((folder / "row.json").read_text())
+        report = json.loads((folder / "eval.json").read_text())
+        assert record["row"] == folder.name and report["split"] == "test"
+        assert (folder / "model.pt").stat().st_size < 2 * 2**20
+
+
+def reproduce_tiny(tmp_path, *args):
+    return ok(subprocess.run(
+        [sys.executable, str(Path(reproduce.__file__)), "tiny", "--threads", "1",
+         "--rows-file", str(tmp_path / "rows.yaml"), "--results", str(tmp_path / "results"),
+         "--doc", str(tmp_path / "doc.md"), "--runs", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, timeout=HANG_GUARD_S))
+
+
+def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
+    (tmp_path / "rows.yaml").write_text(TINY)
+    (tmp_path / "doc.md").write_text(f"# r\n{reproduce.BEGIN}\n{reproduce.END}\nafter\n")
+    reproduce_tiny(tmp_path, "--stop-after", "20")
+    row = tmp_path / "results" / "tiny"
+    record = json.loads((row / "row.json").read_text())
+    assert (record["iterations_done"], record["iterations_planned"]) == (20, 40)
+    assert "20 of 40 (**stopped early**)" in (tmp_path / "doc.md").read_text()
+
+    proc = reproduce_tiny(tmp_path)
+    assert "resume=" in proc.stdout
+    record = json.loads((row / "row.json").read_text())
+    assert (record["iterations_done"], record["segments"]) == (40, 2)
+    doc = (tmp_path / "doc.md").read_text()
+    assert "stopped early" not in doc and doc.endswith("after\n")
+    assert reproduce.table_in(tmp_path / "doc.md") == reproduce.table(
+        reproduce.load_rows(tmp_path / "rows.yaml"), tmp_path / "results")
+
+    # The kept checkpoint holds weights only, and maml-eval gives the row's numbers from it.
+    state = torch.load(row / "model.pt", weights_only=True)
+    assert "optimizer" not in state and state["iteration"] == record["evaluated_iteration"]
+    copy = tmp_path / "again"
+    copy.mkdir()
+    shutil.copy(row / "model.pt", copy)
+    ok(run_cli("maml-eval", f"checkpoint={copy / 'model.pt'}", "eval.tasks=20", cwd=tmp_path))
+    stored = json.loads((row / "eval.json").read_text())["results"]
+    again = json.loads((copy / "eval.json").read_text())["results"]
+    assert means(again) == pytest.approx(means(stored))
+
+
+def means(results: list[dict]) -> list[float]:
+    return [value for r in results for value in (r["mean"], r["ci95"])]
+
+
+def stored_row(name: str) -> Path:
+    folder = reproduce.RESULTS / name
+    if not (folder / "row.json").is_file():
+        pytest.skip(f"row {name} has no stored result")
+    return folder
+
+
+def test_a_stored_row_reevaluates_to_its_numbers_and_within_its_interval(tmp_path):
+    folder = stored_row("sinusoid_k10_maml")
+    shutil.copy(folder / "model.pt", tmp_path)
+    stored = json.loads((folder / "eval.json").read_text())
+    ok(run_cli("maml-eval", f"checkpoint={tmp_path / 'model.pt'}", cwd=tmp_path))
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert means(again["results"]) == pytest.approx(means(stored["results"]), rel=1e-4)
+
+    ok(run_cli("maml-eval", f"checkpoint={tmp_path / 'model.pt'}", "eval.seed=99", cwd=tmp_path))
+    other = json.loads((tmp_path / "eval.json").read_text())
+    for s in (1, 10):
+        low = stored["results"][s]["mean"] - stored["results"][s]["ci95"]
+        high = stored["results"][s]["mean"] + stored["results"][s]["ci95"]
+        assert low <= other["results"][s]["mean"] <= high
