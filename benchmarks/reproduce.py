@@ -112,7 +112,7 @@ def reproduce(name: str, row: dict, args) -> None:
     machine = [f"device={args.device}"]
     if args.threads:
         machine.append(f"device.threads={args.threads}")
-    run_root = Path(args.runs).expanduser().resolve() / name
+    run_root = ROOT / Path(args.runs).expanduser() / name  # relative: to the project
     started = datetime.datetime.now(datetime.timezone.utc)
     done = train(name, row, run_root, machine, args.stop_after)
     out = Path(args.results) / name
@@ -167,9 +167,9 @@ def table(rows: dict[str, dict], results: Path) -> str:
             continue
         record = json.loads((folder / "row.json").read_text())
         report = json.loads((folder / "eval.json").read_text())
-        results = {r["steps"]: r for r in report["results"]}
-        ours = "; ".join(f"{fmt(report['metric'], results[s])} ({s})"
-                         for s in record["show_steps"] if s in results)
+        by_steps = {r["steps"]: r for r in report["results"]}
+        ours = "; ".join(f"{fmt(report['metric'], by_steps[s])} ({s})"
+                         for s in record["show_steps"] if s in by_steps)
         planned, done = record["iterations_planned"], record["iterations_done"]
         iterations = (f"{done:,} of {planned:,} (**stopped early**)" if done < planned
                       else f"{done:,}")

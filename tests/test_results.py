@@ -24,6 +24,12 @@ tiny:
   train: [trainer.iterations=40, trainer.val_every=20, trainer.val_tasks=10, trainer.log_every=10]
   eval: [eval.tasks=20]
   show_steps: [1, 10]
+later:
+  setting: a row not run
+  paper: "—"
+  source: none
+  train: [trainer.iterations=40]
+  show_steps: [1]
 """
 
 
@@ -59,7 +65,9 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
     row = tmp_path / "results" / "tiny"
     record = json.loads((row / "row.json").read_text())
     assert (record["iterations_done"], record["iterations_planned"]) == (20, 40)
-    assert "20 of 40 (**stopped early**)" in (tmp_path / "doc.md").read_text()
+    doc = (tmp_path / "doc.md").read_text()
+    assert "20 of 40 (**stopped early**)" in doc
+    assert "| later | a row not run | — | not yet run |" in doc
 
     proc = reproduce_tiny(tmp_path)
     assert "resume=" in proc.stdout
