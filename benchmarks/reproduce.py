@@ -62,6 +62,20 @@ def last_state(segment: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
+def wall_seconds(segment: Path) -> float:
+    """A segment's training time: from its metrics.json, or, for a process stopped by a signal
+    (which writes none), the span of its TensorBoard events."""
+    metrics = segment / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())["wall_s"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(segment / "tb"))
+    events.Reload()
+    times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+    return max(times) - min(times) if times else 0.0
+
+
 def run(command: list[str], log: Path) -> float:
     print("$", shlex.join(command), flush=True)
     started = time.perf_counter()
@@ -72,7 +86,7 @@ def run(command: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def train(name: str, row: dict, run_root: Path, machine: list[str], stop_after: int | None):
+def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None):
     """Train (or continue) the row until its schedule ends or `stop_after`; its segments."""
     run_root.mkdir(parents=True, exist_ok=True)
     limit = [f"trainer.stop_after={stop_after}"] if stop_after else []
@@ -92,7 +106,7 @@ def train(name: str, row: dict, run_root: Path, machine: list[str], stop_after: 
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
-def evaluate(name: str, row: dict, done: list[Path], machine: list[str], out: Path) -> float:
+def evaluate(row: dict, done: list[Path], machine: list[str], out: Path) -> float:
     """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`."""
     # A resumed segment writes best.pt only when it improves on the best so far, so the newest
     # best.pt of all segments is the best; without validation, the last checkpoint.
@@ -114,12 +128,10 @@ def reproduce(name: str, row: dict, args) -> None:
         machine.append(f"device.threads={args.threads}")
     run_root = ROOT / Path(args.runs).expanduser() / name  # relative: to the project
     started = datetime.datetime.now(datetime.timezone.utc)
-    done = train(name, row, run_root, machine, args.stop_after)
+    done = train(row, run_root, machine, args.stop_after)
     out = Path(args.results) / name
-    eval_s = evaluate(name, row, done, machine, out)
+    eval_s = evaluate(row, done, machine, out)
     (out / "eval.log").unlink(missing_ok=True)
-    seg_metrics = [json.loads((s / "metrics.json").read_text()) for s in done
-                   if (s / "metrics.json").is_file()]
     config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     report = json.loads((out / "eval.json").read_text())
     record = {
@@ -135,7 +147,7 @@ def reproduce(name: str, row: dict, args) -> None:
         "evaluated_iteration": report["iteration"],
         "meta_batch_size": config["config"]["trainer"]["meta_batch_size"],
         "segments": len(done),
-        "train_wall_s": round(sum(m["wall_s"] for m in seg_metrics), 1),
+        "train_wall_s": round(sum(wall_seconds(s) for s in done), 1),
         "eval_wall_s": round(eval_s, 1),
         "hardware": hardware(args.device),
         "device_threads": args.threads,
