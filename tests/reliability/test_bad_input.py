@@ -53,7 +53,8 @@ def test_eval_needs_a_checkpoint_that_exists(tmp_path):
 
 def test_eval_refuses_to_swap_a_group_of_the_checkpoint(trained_run, tmp_path):
     proc = run_cli("maml-eval", f"checkpoint={trained_run}", "algorithm=fomaml", cwd=tmp_path)
-    assert_one_line_error(proc, "algorithm= cannot change", "maml-eval")
+    assert_one_line_error(proc, "algorithm=fomaml would change algorithm.first_order from the "
+                                "checkpoint's False to True", "maml-eval")
 
 
 def test_a_failed_compile_is_one_line_naming_the_way_out(tmp_path):
