@@ -93,11 +93,12 @@ def test_damaged_foreign_and_mismatched_checkpoints_are_one_line_errors(trained_
     assert_one_line_error(run_cli("maml-train", f"resume={trained_run}", "task=omniglot",
                                   "hydra.run.dir=run", cwd=tmp_path),
                           "task=omniglot would change task._target_ from the checkpoint's "
-                          "'maml_cli.tasks.sinusoid.Sinusoid' to 'maml_cli.tasks.omniglot.Omniglot'")
+                          "'maml_cli.tasks.sinusoid.Sinusoid' to "
+                          "'maml_cli.tasks.omniglot.Omniglot'")
     # A weights-only copy (benchmarks/results/) evaluates but cannot be continued.
-    slim = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
-    torch.save(slim | {"model": torch.load(trained_run / "checkpoints" / "last.pt",
-                                           weights_only=True)["model"]}, tmp_path / "slim.pt")
+    full = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({k: v for k, v in full.items() if k not in ("optimizer", "rng")},
+               tmp_path / "slim.pt")
     assert_one_line_error(run_cli("maml-train", "resume=slim.pt", "hydra.run.dir=run",
                                   cwd=tmp_path), "slim.pt holds weights only")
 
