@@ -176,31 +176,28 @@ def config_groups() -> list[str]:
     return sorted(p.name for p in Path(config_dir()).iterdir() if p.is_dir() and p.name != "hydra")
 
 
-# Taken from the command being run, never from the checkpoint: they describe this machine and
-# this evaluation, not the experiment.
-_FROM_COMMAND = ("device", "data", "eval")
+# Taken from the command being run, never from the checkpoint: they describe this machine,
+# this evaluation and this process, not the experiment.
+_FROM_COMMAND = ("device", "data", "eval", "trainer.stop_after")
 
 
 def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config of a run continued or evaluated from a checkpoint: the checkpoint's own config,
-    with `device`, `data`, `eval` and the keys the user overrode on this command line taken
+    with the _FROM_COMMAND keys and the keys the user overrode on this command line taken
     from `cfg`."""
     merged = OmegaConf.create(stored)
     # Trainer keys added since the checkpoint was written take their defaults.
     merged.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), merged.trainer)
     for key in _FROM_COMMAND:
-        merged[key] = cfg[key]
-    merged.trainer.stop_after = cfg.trainer.stop_after
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     groups = config_groups()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     chosen = [o for o, k in zip(overrides, keys) if k in groups and k not in _FROM_COMMAND]
     if chosen:
         single = {k for k in keys if k not in groups}
-        _same_experiment(merged, cfg, chosen,
-                         skip={*single, *_FROM_COMMAND, "resume", "trainer.stop_after"})
+        _same_experiment(merged, cfg, chosen, skip={*single, *_FROM_COMMAND, "resume"})
     for key in keys:
-        if (key not in groups and key.split(".")[0] not in _FROM_COMMAND
-                and OmegaConf.select(cfg, key) is not None):
+        if key not in groups and OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     OmegaConf.set_struct(merged, True)
     return merged

@@ -194,8 +194,10 @@ class Trainer:
                     # Summed on the device; read back (a sync) only once per log window.
                     sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
                     window_iters += 1
-                final = self.iteration == end
-                if self.iteration % tc.log_every == 0 or final:
+                # A process stopped early logs its last window but validates only on schedule,
+                # so that its run is the uninterrupted run's prefix, best.pt included.
+                final = self.iteration == tc.iterations
+                if self.iteration % tc.log_every == 0 or self.iteration == end:
                     self._check_finite()
                     elapsed = time.perf_counter() - window_start
                     scalars = {"train/skipped_meta_batches": self.skipped,
