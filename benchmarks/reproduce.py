@@ -94,10 +94,14 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None)
     done = [s for s in every if last_state(s) is not None]  # a segment killed before its
     if done:                                                  # first checkpoint left nothing
         state = last_state(done[-1])
-        target = state["config"]["trainer"]["iterations"]
+        # A row whose command now plans more iterations extends its run: with the row's command
+        # beside resume=, its trainer.iterations replaces the checkpoint's.
+        target = next((int(o.split("=", 1)[1]) for o in row["train"]
+                       if o.startswith("trainer.iterations=")),
+                      state["config"]["trainer"]["iterations"])
         if state["iteration"] >= min(target, stop_after or target):
             return done
-        source = ["resume=" + str(done[-1])]
+        source = ["resume=" + str(done[-1]), *row["train"]]
     else:
         source = list(row["train"])
     seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
