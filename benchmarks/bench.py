@@ -132,10 +132,10 @@ class MamlCli:
         if (model, first_order) not in self.made:
             algorithm = MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps),
                              first_order=first_order)
-            self.made[model, first_order] = algorithm, Engine(self.strategy, self.compile)
-        algorithm, engine = self.made[model, first_order]
+            self.made[model, first_order] = Engine(algorithm, self.strategy, self.compile)
+        engine = self.made[model, first_order]
         params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-        engine.meta_backward(algorithm, params, buffers, ep, w.steps)
+        engine.meta_backward(params, buffers, ep)
 
 
 def implementations(model, device, compile: bool = False) -> dict:
@@ -306,7 +306,7 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
     torch.manual_seed(0)
     model, ep = w.model().to(device), w.episode(device, generator)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    engine = Engine(choose_strategy("auto", model, device))
+    strategy = choose_strategy("auto", model, device)
     runs = {}
     for label, (cls, options) in ALGORITHMS.items():
         if cls is ProtoNet and not w.ways:
@@ -315,11 +315,12 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
         algorithm = cls(model, w.loss, w.loss, SGD(w.lr, steps=w.steps), **options)
         algorithm.start_iteration(1)
         weights = [*params.values(), *algorithm.learned.parameters()]
+        engine = Engine(algorithm, strategy)
 
-        def step(algorithm=algorithm, weights=weights):
+        def step(engine=engine, weights=weights):
             for p in weights:
                 p.grad = None
-            engine.meta_backward(algorithm, params, buffers, ep, w.steps)
+            engine.meta_backward(params, buffers, ep)
 
         step()  # warm-up
         runs[label] = step
@@ -328,7 +329,7 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
     for row in rows.values():
         row["it_per_s"] = 1000 / row["ms"]
         row["x_maml"] = rows["maml"]["ms"] / row["ms"]
-    return {"workload": name, "description": w.description, "engine": engine.strategy,
+    return {"workload": name, "description": w.description, "engine": strategy,
             "rows": rows}
 
 

@@ -110,7 +110,7 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None)
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
-def evaluate(row: dict, done: list[Path], machine: list[str], out: Path) -> float:
+def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path) -> float:
     """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`."""
     # A resumed segment writes best.pt only when it improves on the best so far, so the newest
     # best.pt of all segments is the best; without validation, the last checkpoint.
@@ -134,7 +134,7 @@ def reproduce(name: str, row: dict, args) -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     done = train(row, run_root, machine, args.stop_after)
     out = Path(args.results) / name
-    eval_s = evaluate(row, done, machine, out)
+    eval_s = run_maml_eval(row, done, machine, out)
     (out / "eval.log").unlink(missing_ok=True)
     config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     report = json.loads((out / "eval.json").read_text())

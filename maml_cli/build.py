@@ -1,20 +1,51 @@
-"""Config -> objects. Every component is made by hydra.utils.instantiate from its group."""
+"""The one boundary between the config and the run: build(cfg) makes every object a run needs,
+each component by hydra.utils.instantiate from its group, and the typed settings the rest of
+maml-cli reads. Nothing past this module reads the DictConfig."""
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
 from maml_cli.engine import Engine, choose_compile, choose_strategy
 from maml_cli.errors import UserError
-from maml_cli.tasks.base import TaskFamily
+from maml_cli.schemas import EvalConfig, TrainerConfig
+from maml_cli.tasks.base import DataPlace, TaskFamily
+
+
+class OuterSchedule:
+    """The outer learning rate of each iteration: constant, or annealed from the optimizer's own
+    rate to `min_lr` over the run by a half cosine (MAML++) or a line (Reptile). A function of
+    the iteration alone, so the iteration in a checkpoint is all it needs to resume exactly."""
+
+    SHAPES = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+              "linear": lambda p: 1 - p}
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: str, iterations: int,
+                 min_lr: float):
+        self.optimizer, self.shape, self.iterations = optimizer, self.SHAPES[schedule], iterations
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.floor = min_lr / self.base_lrs[0]
+
+    def factor(self, done: int) -> float:
+        """The factor after `done` finished iterations."""
+        progress = min(done / max(self.iterations, 1), 1.0)
+        return self.floor + (1 - self.floor) * self.shape(progress)
+
+    def start(self, iteration: int) -> None:
+        """Set the rate of iteration 1, 2, ..."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.factor(iteration - 1)
 
 
 @dataclass
@@ -24,6 +55,12 @@ class Run:
     model: nn.Module
     algorithm: Algorithm
     engine: Engine
+    optimizer: torch.optim.Optimizer  # the outer one
+    schedule: OuterSchedule
+    trainer: TrainerConfig
+    eval: EvalConfig
+    seed: int
+    config: dict  # the resolved config, as checkpoints and hparams store it
 
 
 def make(group: str, node: DictConfig, **kwargs):
@@ -37,9 +74,18 @@ def make(group: str, node: DictConfig, **kwargs):
         raise UserError(f"cannot build {group} from its config: {detail}") from None
 
 
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def build(cfg: DictConfig) -> Run:
+    """Every object of the run `cfg` describes, its model initialised from `cfg.seed`."""
+    seed_all(cfg.seed)
     device = resolve_device(cfg.device.name, cfg.device.threads)
-    task = make("task", cfg.task, device=device, data=cfg.data)
+    task = make("task", cfg.task, device=device,
+                data=DataPlace(**OmegaConf.to_container(cfg.data, resolve=True)))
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
     # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
     # Without them it normalises with batch statistics in training and test alike, as conv4's
@@ -50,22 +96,13 @@ def build(cfg: DictConfig) -> Run:
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
     )
-    engine = Engine(choose_strategy(cfg.engine, model, device),
+    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device),
                     choose_compile(cfg.trainer.compile, device), cfg.trainer.amp)
-    return Run(device, task, model, algorithm, engine)
-
-
-def meta_parameters(run: Run) -> list[torch.nn.Parameter]:
-    """What the outer optimizer trains: the model's weights and the algorithm's own."""
-    return [*run.model.parameters(), *run.algorithm.learned.parameters()]
-
-
-def load_weights(run: Run, state: dict) -> None:
-    """The model's and the algorithm's weights from a checkpoint; RuntimeError if they differ
-    from this run's."""
-    run.model.load_state_dict(state["model"])
-    run.algorithm.learned.load_state_dict(state["algorithm"])
-
-
-def make_optimizer(cfg: DictConfig, run: Run) -> torch.optim.Optimizer:
-    return make("outer", cfg.outer, params=meta_parameters(run))
+    trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    # The outer optimizer trains the model's weights and the algorithm's own.
+    optimizer = make("outer", cfg.outer,
+                     params=[*model.parameters(), *algorithm.learned.parameters()])
+    schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr)
+    return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer,
+               EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True)), cfg.seed,
+               OmegaConf.to_container(cfg, resolve=True))

@@ -1,43 +1,27 @@
-"""Checkpoints: atomic writes, weights_only loads, and finding one from a path or run dir."""
+"""Checkpoints: what one holds, in and out (the model's and the algorithm's weights, the outer
+optimizer, every random stream, the iteration, the best validation metric), written atomically
+and rotated, loaded weights_only, and found from a path or a run dir."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from maml_cli import __version__
+from maml_cli import __version__, files
 from maml_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from maml_cli.build import Run
+
 FORMAT = "maml-cli-checkpoint/3"
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(file) into a temp file beside `path`, fsync it, then rename it over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def on_cpu(obj):
@@ -54,7 +38,7 @@ def on_cpu(obj):
 
 def save(path: Path, state: dict[str, Any]) -> None:
     state = on_cpu({"format": FORMAT, "version": __version__, **state})
-    atomic_write(path, lambda f: torch.save(state, f))
+    files.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def locate(path: str | os.PathLike, prefer: str = "last.pt") -> Path:
@@ -91,3 +75,88 @@ def load(path: Path) -> dict[str, Any]:
     if found != FORMAT:
         raise UserError(f"{path} is not a maml-cli checkpoint (expected format {FORMAT})")
     return state
+
+
+def rng_state() -> dict:
+    """Every random stream a run may draw from, in types a weights_only load accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """How far a run got: what a checkpoint holds beside the weights and the random streams."""
+    iteration: int = 0
+    best: float | None = None  # the best validation metric so far
+    skipped: int = 0  # meta-batches dropped by trainer.nan_policy=skip
+
+
+def capture(run: Run, progress: Progress, sampler: torch.Generator) -> dict[str, Any]:
+    return {
+        "iteration": progress.iteration,
+        "model": run.model.state_dict(),
+        "algorithm": run.algorithm.learned.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": {**rng_state(), "sampler": sampler.get_state()},
+        "best": progress.best,
+        "skipped": progress.skipped,
+        "metric": run.task.metric_name,
+        "config": run.config,
+    }
+
+
+def load_weights(run: Run, state: dict) -> None:
+    """The model's and the algorithm's weights from a checkpoint; RuntimeError if they differ
+    from this run's."""
+    run.model.load_state_dict(state["model"])
+    run.algorithm.learned.load_state_dict(state["algorithm"])
+
+
+def restore(run: Run, state: dict, sampler: torch.Generator) -> Progress:
+    """Everything capture() took, put back: the run continues as if never stopped."""
+    try:
+        load_weights(run, state)
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"checkpoint does not fit this model/optimizer: "
+                        f"{str(e).splitlines()[0]}") from None
+    set_rng_state(state["rng"])
+    sampler.set_state(state["rng"]["sampler"])
+    return Progress(state["iteration"], state["best"], state["skipped"])
+
+
+class Folder:
+    """A run's checkpoints/ folder: last.pt, best.pt and iter_<n>.pt, the newest `keep_last` of
+    those kept (0: all)."""
+
+    def __init__(self, path: Path, keep_last: int):
+        self.path, self.keep_last = path, keep_last
+
+    def write(self, state: dict, *names: str) -> None:
+        for name in names:
+            try:
+                save(self.path / name, state)
+            except OSError as e:
+                raise UserError(f"cannot write checkpoint {self.path / name}: "
+                                f"{e.strerror or e} (disk full or not writable?); the "
+                                f"checkpoints already in {self.path} are intact") from None
+        if self.keep_last and any(n.startswith("iter_") for n in names):
+            # Only after the new one is safely on disk; last.pt and best.pt are never rotated.
+            for old in sorted(self.path.glob("iter_*.pt"))[:-self.keep_last]:
+                old.unlink()
+
+    def any(self) -> bool:
+        return any(self.path.glob("*.pt"))

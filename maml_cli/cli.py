@@ -1,12 +1,16 @@
-"""What the console scripts share: one-line errors instead of tracebacks."""
+"""What the console scripts share: one-line errors instead of tracebacks, and signals that ask
+a run to stop rather than kill it."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -113,3 +117,20 @@ def one_line(error: Exception) -> str:
 def fail(prog: str, error: Exception) -> None:
     print(f"{prog}: error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+@contextmanager
+def stop_requests():
+    """SIGINT / SIGTERM append their number to the yielded list instead of killing the process
+    mid-step, so that a loop can finish its step and write a checkpoint before exiting."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+    previous = {s: signal.signal(s, lambda signum, _: requested.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

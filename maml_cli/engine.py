@@ -61,14 +61,19 @@ def choose_compile(setting: bool | str, device: torch.device) -> bool:
 
 
 class Engine:
-    """`compile`: torch.compile the meta-batch's forward (the vmapped tasks, or one task of the
+    """Runs `algorithm` over meta-batches: its meta-gradient after the inner optimizer's `steps`,
+    its adaptation curves over its `eval_steps` (both counts come from the inner optimizer only).
+
+    `compile`: torch.compile the meta-batch's forward (the vmapped tasks, or one task of the
     loop), inner gradients included; autograd's backward runs through the compiled graph.
     `amp`: run that forward under torch.autocast in this dtype (None: float32)."""
 
-    def __init__(self, strategy: str, compile: bool = False, amp: str | None = None):
-        self.strategy, self.compile = strategy, compile
+    def __init__(self, algorithm, strategy: str = "loop", compile: bool = False,
+                 amp: str | None = None):
+        self.algorithm, self.strategy, self.compile = algorithm, strategy, compile
+        self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
-        self._task_losses = {}  # per algorithm, made once: compiling is slow
+        self._task_loss = None  # made once (compiling is slow) by _mapped_task_loss
 
     def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
         """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
@@ -79,21 +84,29 @@ class Engine:
         tasks = range(episode.num_tasks)
         return _stack([fn(params, buffers, *episode[t].tensors()) for t in tasks])
 
-    def _task_loss(self, algorithm):
+    def _mapped_task_loss(self):
         """algorithm.task_loss, over every task at once (vmap) or for one (loop), compiled
         when asked."""
-        fn = self._task_losses.get(algorithm)
-        if fn is None:
-            fn = algorithm.task_loss
+        if self._task_loss is None:
+            fn = self.algorithm.task_loss
             if self.strategy == "vmap":
                 fn = vmap(fn, in_dims=TASK_DIMS)
             if self.compile:
+                logging.getLogger("maml_cli").info(
+                    "trainer.compile: the first meta-batch compiles (30 s to minutes); "
+                    "trainer.compile=false skips that")
                 # A CUDA build of torch compiling for the CPU warns that there is no CUDA
                 # runtime, on stderr, on every run: true, and nothing to act on.
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
                 fn = torch.compile(fn)
-            self._task_losses[algorithm] = fn
-        return fn
+            self._task_loss = fn
+        return self._task_loss
+
+    def curves(self, params, buffers, episode: Episode, steps: int | None = None):
+        """The query metric of every task after 0..steps inner steps (default eval_steps):
+        [tasks, steps + 1]."""
+        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers, episode,
+                              steps=self.eval_steps if steps is None else steps)
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:
@@ -107,7 +120,7 @@ class Engine:
             raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
                             f"run with trainer.compile=false") from None
 
-    def meta_backward(self, algorithm, params, buffers, episode: Episode, steps: int):
+    def meta_backward(self, params, buffers, episode: Episode):
         """Accumulate the meta-gradient (of the mean query loss over the meta-batch) into the
         params' .grad; return that loss and the mean metrics, detached.
 
@@ -115,7 +128,7 @@ class Engine:
         measured on Omniglot 5-way 1-shot conv4 (32 tasks, second order, 2-core CPU), 7% faster
         than one backward over all and a fraction of the memory.
         """
-        fn, device = self._task_loss(algorithm), episode.support_x.device
+        fn, device, steps = self._mapped_task_loss(), episode.support_x.device, self.steps
         if self.strategy == "vmap":
             loss, metrics = self._forward(fn, device, params, buffers, *episode.tensors(),
                                           steps=steps)

@@ -9,13 +9,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from maml_cli import checkpoint, distributed
-from maml_cli.build import build, load_weights
+from maml_cli import checkpoint, distributed, files
+from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
-from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
+from maml_cli.config import config_dir, from_checkpoint, register_configs
 from maml_cli.errors import UserError
 from maml_cli.evaluate import adaptation_curves, mean_ci95
 from maml_cli.figures import adaptation_curves_plot, save_png, sinusoid_fit
+from maml_cli.schemas import check_values
 from maml_cli.tracking import log, print_table
 
 register_configs()
@@ -31,28 +32,27 @@ def main(cfg: DictConfig) -> dict:
     compared = [compared_report(c) for c in cfg.compare]
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("compare=")]
     run_cfg = from_checkpoint(state["config"], cfg, overrides)
-    validate(run_cfg)
+    check_values(run_cfg)
     run = build(run_cfg)
     try:
-        load_weights(run, state)
+        checkpoint.load_weights(run, state)
     except RuntimeError as e:
         raise UserError(f"{path} does not fit its own config's model: "
                         f"{str(e).splitlines()[0]}") from None
 
-    ev, steps, name = run_cfg.eval, run_cfg.inner.eval_steps, run.task.metric_name
+    ev, steps, name = run.eval, run.engine.eval_steps, run.task.metric_name
     log.info("evaluating %s (iteration %d) on %d test tasks", path, state["iteration"], ev.tasks)
     group = distributed.group()
-    curves = adaptation_curves(run, "test", ev.tasks, steps, ev.seed, ev.batch_size, group)
+    curves = adaptation_curves(run, "test", ev.tasks, ev.seed, ev.batch_size, group)
     results = [dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s]))))
                for s in range(steps + 1)]
     report = {
-        "checkpoint": str(path), "iteration": state["iteration"], "label": label(run_cfg, path),
+        "checkpoint": str(path), "iteration": state["iteration"], "label": label(run, path),
         "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
     }
     if not group.main:  # under torchrun, rank 0 reports for all
         return report
-    checkpoint.atomic_write(path.parent / "eval.json",
-                            lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    files.write_json(path.parent / "eval.json", report, indent=2)
     figure = sinusoid_fit(run, ev.seed, (1, steps))
     if figure is not None:
         save_png(figure, path.parent / "eval_fit.png")
@@ -63,9 +63,9 @@ def main(cfg: DictConfig) -> dict:
     return report
 
 
-def label(cfg: DictConfig, path) -> str:
-    """What a curve is called in eval_curve.png: the algorithm's config class and its run."""
-    return f"{cfg.algorithm._target_.rsplit('.', 1)[-1]} ({path.parent.parent.name}/{path.name})"
+def label(run, path) -> str:
+    """What a curve is called in eval_curve.png: the algorithm's class and its run."""
+    return f"{type(run.algorithm).__name__} ({path.parent.parent.name}/{path.name})"
 
 
 def compared_report(where: str) -> dict:

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from maml_cli import checkpoint
+from maml_cli import files
 from maml_cli.errors import UserError
 from maml_cli.tracking import log, print_table
 
@@ -48,10 +48,6 @@ def cpu_share() -> int | None:
     return max(1, cores // at_once)
 
 
-def _write(path: Path, text: str) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
-
-
 class JobStatusCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
@@ -71,7 +67,7 @@ class JobStatusCallback(Callback):
             error = f"{kind}{value}"
             status |= {"status": "failed", "error": error, "result": None}
             log.error("job %s failed: %s", config.hydra.job.num, error)
-        _write(Path(config.hydra.runtime.output_dir) / STATUS_FILE, json.dumps(status) + "\n")
+        files.write_json(Path(config.hydra.runtime.output_dir) / STATUS_FILE, status)
 
 
 def summarize(sweep: Path, sort: str | None = None, descending: bool = False,
@@ -100,7 +96,7 @@ def summarize(sweep: Path, sort: str | None = None, descending: bool = False,
     rows = [[_cell(job.get(c)) for c in columns] for job in jobs]
     text = io.StringIO()
     csv.writer(text).writerows([columns, *rows])
-    _write(csv_path or sweep / "summary.csv", text.getvalue())
+    files.write_text(csv_path or sweep / "summary.csv", text.getvalue())
     # The console gets what tells jobs apart; the CSV has every column.
     common = set.intersection(*(set(job["overrides"]) for job in jobs))
     shown = ["job", "status", "result",

@@ -1,13 +1,25 @@
-"""Typed schemas of the config groups' options, so that Hydra type-checks `task.shots=abc` or a
-misspelt key at composition, before anything runs. Each group option's YAML lists its schema
-first in its defaults (`- /schema/task/sinusoid@_here_`); the values live in the YAML only."""
+"""The config's schema, in one place: typed structured configs that Hydra checks every composed
+config against (`task.shots=abc` or a misspelt key fails at composition, before anything runs),
+and the value rules checked before any work starts.
+
+The run-level keys (seed, engine, device, data, trainer, eval) have their defaults here. A config
+group's options have their values in their YAML only (configs/<group>/<option>.yaml lists its
+schema first in its defaults: `- /schema_task_sinusoid@_here_`); here they have types only.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from maml_cli.algorithms.maml import ADAPT, HEAD_INITS, LR_MODES
+from maml_cli.engine import AMP_DTYPES, STRATEGIES
+from maml_cli.errors import UserError
 
 
 @dataclass
@@ -130,8 +142,152 @@ SCHEMAS = {
 }
 
 
+# Run-level keys: their defaults are written here only (train.yaml and eval.yaml do not repeat
+# them); `maml-train --cfg job` prints them composed.
+@dataclass
+class TrainerConfig:
+    iterations: int = 15000
+    # End this process after that iteration (last.pt written, exit 0); resume= goes on to
+    # `iterations` on the same schedule. Taken from each command, never from a checkpoint.
+    stop_after: int | None = None
+    meta_batch_size: int = 25
+    val_every: int = 1000  # 0: no validation
+    val_tasks: int = 200
+    checkpoint_every: int = 0  # also write checkpoints/iter_<n>.pt every n iterations (0: never)
+    keep_last: int = 0  # keep only the newest n iter_*.pt (0: all); last.pt, best.pt stay
+    log_every: int = 50
+    # stop: a NaN/inf meta-loss or meta-gradient stops the run; skip: drops that meta-batch.
+    nan_policy: str = "stop"
+    lr_schedule: str = "constant"  # the outer learning rate: constant, or cosine / linear ...
+    min_lr: float = 0.0  # ... annealing down to this at the last iteration
+    # Speed switches (docs/performance.md has the measurements). compile: torch.compile the
+    # meta-batch, 1.7-3.3x faster per iteration after 30 s to minutes of compiling; auto: on
+    # CUDA only. amp: bf16 autocast, at best 8% faster and its second-order meta-gradients are
+    # far from exact, so off (null).
+    compile: Any = "auto"
+    amp: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 600
+    seed: int = 1234
+    batch_size: int = 100  # test tasks adapted at once; bounds memory
+
+
+@dataclass
+class DataConfig:
+    # Holds one folder per dataset (omniglot/, mnist/, miniimagenet/).
+    root: str = "${oc.env:MAML_DATA_ROOT,data}"
+    download: bool = False
+    # Preprocessed datasets are cached here, outside root, which may be read-only.
+    cache_dir: str = "${oc.env:MAML_CACHE_DIR,'~/.cache/maml-cli'}"
+
+
+@dataclass
+class DeviceConfig:
+    name: str = MISSING  # the device group's option sets it
+    # CPU threads for torch (null: torch's default, one per core). Jobs that share a CPU,
+    # such as parallel sweep jobs, run much faster with threads=1 each.
+    threads: int | None = None
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    # How a meta-batch runs: vmap (all tasks batched), loop (one task after another), or auto.
+    engine: str = "auto"
+    task: Any = MISSING
+    model: Any = MISSING
+    algorithm: Any = MISSING
+    inner: Any = MISSING
+    outer: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    # Continue from a checkpoint file or a run dir (its checkpoints/last.pt); the run keeps that
+    # checkpoint's config, with the keys given on this command line changed.
+    resume: str | None = None
+
+
+@dataclass
+class EvalRunConfig(RunConfig):
+    checkpoint: str | None = None
+    # Other runs (dirs or eval.json files) evaluated before, drawn beside this one in
+    # eval_curve.png: e.g. the pretrained baseline beside MAML.
+    compare: list[str] = field(default_factory=list)
+
+
 def register() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+            # Top-level names, not a schema/ group: a group would be offered to users by
+            # --help and shell completion as if it were a choice of theirs.
+            cs.store(name=f"schema_{group}_{name}", node=node)
+
+
+ENGINES = ("auto", *STRATEGIES)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+# (key, allowed range as the user reads it, check). Keys missing from a config are skipped,
+# so task- or model-specific rules can live here too.
+RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
+    ("seed", ">= 0", lambda v: v >= 0),
+    ("engine", f"one of {', '.join(ENGINES)}", lambda v: v in ENGINES),
+    ("device.name", f"one of {', '.join(DEVICES)}", lambda v: v in DEVICES),
+    ("device.threads", ">= 1, or null for torch's default", lambda v: v >= 1),
+    ("inner.lr", "> 0", _positive),
+    ("inner.steps", ">= 0", lambda v: v >= 0),
+    ("inner.eval_steps", ">= 0", lambda v: v >= 0),
+    ("outer.lr", "> 0", _positive),
+    ("trainer.iterations", ">= 0", lambda v: v >= 0),
+    ("trainer.meta_batch_size", ">= 1", lambda v: v >= 1),
+    ("trainer.stop_after", ">= 1, or null for trainer.iterations", lambda v: v >= 1),
+    ("trainer.val_every", ">= 0 (0 disables validation)", lambda v: v >= 0),
+    ("trainer.val_tasks", ">= 1", lambda v: v >= 1),
+    ("trainer.checkpoint_every", ">= 0 (0: only last.pt and best.pt)", lambda v: v >= 0),
+    ("trainer.keep_last", ">= 0 (0 keeps every iter_*.pt)", lambda v: v >= 0),
+    ("trainer.log_every", ">= 1", lambda v: v >= 1),
+    ("trainer.nan_policy", "stop or skip", lambda v: v in ("stop", "skip")),
+    ("trainer.lr_schedule", f"one of {', '.join(SCHEDULES)}", lambda v: v in SCHEDULES),
+    ("trainer.min_lr", ">= 0", lambda v: v >= 0),
+    ("trainer.compile", "true, false or auto", lambda v: v in (True, False, "auto")),
+    ("trainer.amp", "bf16, or null for float32", lambda v: v in AMP_DTYPES),
+    ("algorithm.adapt", f"one of {', '.join(ADAPT)}", lambda v: v in ADAPT),
+    ("algorithm.lr_mode", f"one of {', '.join(LR_MODES)}", lambda v: v in LR_MODES),
+    ("algorithm.head_init", f"one of {', '.join(HEAD_INITS)}", lambda v: v in HEAD_INITS),
+    ("algorithm.first_order_until", ">= 0", lambda v: v >= 0),
+    ("algorithm.msl_iterations", ">= 0", lambda v: v >= 0),
+    ("algorithm.inner_batch_size", ">= 1, or null for the whole support set", lambda v: v >= 1),
+    ("inner.betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+    ("inner.eps", "> 0", _positive),
+    ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
+    ("eval.batch_size", ">= 1", lambda v: v >= 1),
+    ("task.shots", ">= 1", lambda v: v >= 1),
+    ("task.queries", ">= 1", lambda v: v >= 1),
+    ("task.ways", ">= 2", lambda v: v >= 2),
+    ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
+    ("task.image_size", ">= 8", lambda v: v >= 8),
+]
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise UserError naming the first key whose value is out of range."""
+    for key, allowed, ok in RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            raise UserError(f"{key} must be {allowed} (got {value!r})")

@@ -1,9 +1,13 @@
-"""Where a run reports: TensorBoard event files, the rich console, and the text log."""
+"""Where a run reports: TensorBoard event files (scalars, figures, hparams), metrics.json, the
+rich console (progress and the closing summary), and the text log."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich import get_console
 from rich.progress import (
@@ -16,6 +20,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
+
+from maml_cli import distributed, files
+
+if TYPE_CHECKING:
+    from maml_cli.build import Run
 
 log = logging.getLogger("maml_cli")
 
@@ -35,6 +44,21 @@ class Tracker:
         # On disk at once (once per log window): a run killed without warning keeps every step
         # it logged, so its log and the resumed run's meet without a gap.
         self.writer.flush()
+
+    def train_window(self, step: int, means: dict[str, float], run: Run, skipped: int) -> None:
+        """A log window's training scalars: its mean query metrics (when any meta-batch of it
+        counted), the rates and the skipped meta-batches."""
+        metric = run.task.metric_name
+        self.scalars(step, {
+            "train/skipped_meta_batches": skipped,
+            "lr/outer": run.optimizer.param_groups[0]["lr"],
+            "lr/inner": float(run.algorithm.inner_lr()),
+            **({} if not means else {
+                "train/query_loss_pre": means["loss_pre"],
+                "train/query_loss_post": means["loss_post"],
+                f"train/query_{metric}_pre": means["metric_pre"],
+                f"train/query_{metric}_post": means["metric_post"],
+                "perf/tasks_per_s": means["tasks_per_s"]})})
 
     def figure(self, tag: str, figure, step: int) -> None:
         if self.writer:
@@ -86,3 +110,67 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     get_console().print(table)
+
+
+class Window:
+    """The training metrics of one log window: summed on the device, read back (a sync) only
+    when the window closes."""
+
+    def __init__(self):
+        self.sums, self.iterations, self.started = {}, 0, time.perf_counter()
+
+    def add(self, metrics: dict | None) -> None:
+        if metrics is not None:  # None: a meta-batch skipped by nan_policy=skip
+            self.sums = {k: self.sums.get(k, 0) + v for k, v in metrics.items()}
+            self.iterations += 1
+
+    def close(self, group: distributed.Group, meta_batch_size: int) -> dict[str, float]:
+        """The window's mean metrics over every rank, with tasks_per_s ({} when every
+        meta-batch was skipped); the next window starts."""
+        means = {}
+        if self.iterations:
+            means = {k: v / self.iterations for k, v in self.sums.items()}
+            if group.world > 1:
+                means = distributed.average_metrics(means, group.share(meta_batch_size))
+            means = {k: v.item() for k, v in means.items()}
+            means["tasks_per_s"] = (self.iterations * meta_batch_size
+                                    / (time.perf_counter() - self.started))
+        self.__init__()
+        return means
+
+
+def sweep_result(tracker: Tracker, run: Run, best: float | None, last: dict[str, float]) -> float:
+    """What sweepers optimise, also written as the run's hparams metric: the best validation
+    metric, or the worst value there is when no validation gave a finite one, so that no search
+    prefers this run."""
+    result, task = best, run.task
+    if best is None:
+        result = -math.inf if task.higher_is_better else math.inf
+        log.warning("no finite validation %s (trainer.val_every=%d): reporting %s to sweepers",
+                    task.metric_name, run.trainer.val_every, result)
+    tracker.hparams(flatten(run.config), {f"hparam/val_{task.metric_name}_best": result,
+                                          "hparam/train_query_loss_post":
+                                              last.get("loss_post", math.nan)})
+    return result
+
+
+def finish(run_dir: Path, metric: str, iterations: int, seconds: float, last: dict[str, float],
+           untrained: float | None, best: float | None, skipped: int, result: float,
+           steps: tuple[int, int]) -> None:
+    """metrics.json (what sweep summaries read) and the console's closing table; `steps`: the
+    inner steps in training and at validation."""
+    last = {k: v for k, v in last.items() if k != "tasks_per_s"}
+    files.write_json(run_dir / "metrics.json", {
+        "iterations": iterations, "wall_s": round(seconds, 1), f"val_{metric}_untrained": untrained,
+        f"val_{metric}_best": best, **{f"train_query_{k}": v for k, v in last.items()},
+        "skipped_meta_batches": skipped, "result": result})
+    rows = [["run dir", str(run_dir)], ["iterations", str(iterations)],
+            ["wall time", f"{seconds:.1f} s"]]
+    if last:
+        rows.append([f"train query loss, 0 -> {steps[0]} steps (last window)",
+                     f"{last['loss_pre']:.4f} -> {last['loss_post']:.4f}"])
+    if best is not None:
+        before = "" if untrained is None else f"untrained {untrained:.4f}, "
+        rows.append([f"val {metric} after {steps[1]} steps", f"{before}best {best:.4f}"])
+    rows.append(["checkpoints", str(run_dir / "checkpoints")])
+    print_table("maml-train", ["", ""], rows)

@@ -11,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from maml_cli import checkpoint, distributed, jobs
 from maml_cli.build import build
 from maml_cli.cli import main_wrapper, reports_errors
-from maml_cli.config import config_dir, from_checkpoint, register_configs, validate
+from maml_cli.config import config_dir, from_checkpoint, register_configs
 from maml_cli.errors import UserError
-from maml_cli.trainer import Trainer, seed_all
+from maml_cli.schemas import check_values
+from maml_cli.trainer import Trainer
 
 register_configs()
 
@@ -34,7 +35,7 @@ def main(cfg: DictConfig) -> float:
         cfg = from_checkpoint(resume["config"], cfg, list(hydra_cfg.overrides.task))
     if cfg.device.threads is None:
         cfg.device.threads = jobs.cpu_share()
-    validate(cfg)
+    check_values(cfg)
     world = distributed.group().world
     if cfg.trainer.meta_batch_size < world:
         raise UserError(f"trainer.meta_batch_size={cfg.trainer.meta_batch_size} must be at "
@@ -45,8 +46,7 @@ def main(cfg: DictConfig) -> float:
                         f"its own hydra.run.dir (or continue that run: resume={run_dir})")
     # The effective config (after resume) beside Hydra's own record of what was composed.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    seed_all(cfg.seed)
-    return Trainer(cfg, build(cfg), run_dir, resume).fit()
+    return Trainer(build(cfg), run_dir, resume).fit()
 
 
 cli = main_wrapper("maml-train", main)

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from maml_cli import checkpoint
+from maml_cli import checkpoint, files
 from maml_cli.errors import UserError
 from tests.helpers import Exploit
 
@@ -37,7 +37,7 @@ def test_failed_write_keeps_the_previous_file_intact(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        checkpoint.atomic_write(path, crash)
+        files.atomic_write(path, crash)
     assert checkpoint.load(path)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 

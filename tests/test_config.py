@@ -4,15 +4,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from maml_cli.config import (
-    RULES,
-    config_dir,
-    config_groups,
-    from_checkpoint,
-    register_configs,
-    validate,
-)
+from maml_cli.config import config_dir, config_groups, from_checkpoint, register_configs
 from maml_cli.errors import UserError
+from maml_cli.schemas import RULES, check_values
 
 register_configs()
 
@@ -32,7 +26,7 @@ def test_defaults_are_the_maml_papers_sinusoid_setup():
     assert cfg.trainer.meta_batch_size == 25
     assert cfg.algorithm.first_order is False
     assert compose_train("algorithm=fomaml").algorithm.first_order is True
-    validate(cfg)
+    check_values(cfg)
 
 
 def test_groups_are_the_documented_ones():
@@ -72,7 +66,7 @@ OUT_OF_RANGE = [
 @pytest.mark.parametrize("override, key", OUT_OF_RANGE)
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must be"):
-        validate(compose_train(*override.split()))
+        check_values(compose_train(*override.split()))
 
 
 def test_every_rule_is_tried_and_documented():
@@ -125,7 +119,7 @@ def test_from_checkpoint_accepts_the_original_command():
 def test_paper_preset_composes():
     cfg = compose_train("+experiment=sinusoid_paper")
     assert cfg.trainer.iterations == 70000 and cfg.trainer.meta_batch_size == 25
-    validate(cfg)
+    check_values(cfg)
 
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
@@ -133,7 +127,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_preset_composes_and_validates(name):
-    validate(compose_train(f"+experiment={name}"))
+    check_values(compose_train(f"+experiment={name}"))
 
 
 @pytest.mark.parametrize("name, ways, shots, batch, lr, steps, first_order", [

@@ -51,7 +51,7 @@ def test_torchs_batchnorm_without_running_stats_gets_the_exact_meta_gradient_in_
     case = (model, F.cross_entropy, accuracy, episode, forward)
     want = naive_meta_gradient(list(model.parameters()), case, steps=2, first_order=False)
     algorithm = MAML(model, F.cross_entropy, accuracy, SGD(LR, steps=2))
-    Engine("loop").meta_backward(algorithm, dict(model.named_parameters()), {}, episode, steps=2)
+    Engine(algorithm, "loop").meta_backward(dict(model.named_parameters()), {}, episode)
     assert_close([p.grad for p in model.parameters()], want)
 
 
@@ -78,7 +78,7 @@ def compiled_and_eager(strategy, iterations, monkeypatch=None):
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), first_order_until=1,
                      multi_step_loss=True, msl_iterations=4)
     params = dict(model.named_parameters())
-    eager, compiled = Engine(strategy), Engine(strategy, compile=True)
+    eager, compiled = Engine(algorithm, strategy), Engine(algorithm, strategy, compile=True)
     torch._dynamo.reset()
     counters.clear()
     for iteration in iterations:
@@ -86,7 +86,7 @@ def compiled_and_eager(strategy, iterations, monkeypatch=None):
         grads = []
         for engine in (eager, compiled):
             model.zero_grad()
-            engine.meta_backward(algorithm, params, {}, episode, steps=2)
+            engine.meta_backward(params, {}, episode)
             grads.append([p.grad for p in params.values()])
         yield grads
 
@@ -122,9 +122,9 @@ def test_bf16_autocast_meta_loss_is_close_to_float32s():
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = dict(model.named_parameters())
     results = []
-    for engine in (Engine("loop"), Engine("loop", amp="bf16")):
+    for engine in (Engine(algorithm, "loop"), Engine(algorithm, "loop", amp="bf16")):
         model.zero_grad()
-        loss, metrics = engine.meta_backward(algorithm, params, {}, episode, steps=1)
+        loss, metrics = engine.meta_backward(params, {}, episode)
         assert loss.dtype == metrics["loss_post"].dtype == torch.float32
         results.append((loss, torch.cat([p.grad.flatten() for p in params.values()])))
     (loss, grad), (amp_loss, amp_grad) = results

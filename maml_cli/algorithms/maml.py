@@ -46,10 +46,6 @@ class MAML(Algorithm):
                  multi_step_loss=False, msl_iterations=0, inner_batch_size=None,
                  head_init="learned"):
         super().__init__(model, loss_fn, metric_fn, inner, num_classes)
-        if adapt not in ADAPT or lr_mode not in LR_MODES or head_init not in HEAD_INITS:
-            raise UserError(f"algorithm.adapt must be one of {', '.join(ADAPT)}, algorithm."
-                            f"lr_mode one of {', '.join(LR_MODES)} and algorithm.head_init one "
-                            f"of {', '.join(HEAD_INITS)}")
         if adapt == "head" and per_step_norm:
             raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
                             "the body runs once per task, not once per step")
@@ -60,7 +56,7 @@ class MAML(Algorithm):
         # What changes with the iteration is settled in start_iteration, outside task_loss, as
         # Python values that flip at most once per run and a tensor updated in place: a
         # compiled task_loss (trainer.compile) would otherwise recompile every iteration.
-        self.order_first, self.msl_on = first_order, False
+        self.detach_inner_grads, self.msl_on = first_order, False
         self.msl_progress = next(model.parameters()).new_zeros(()).detach()
         self.body = self.head = None
         if adapt == "head":
@@ -115,7 +111,7 @@ class MAML(Algorithm):
         return torch.cat([v.detach().flatten() for v in self.lrs.values()]).mean()
 
     def start_iteration(self, iteration: int) -> None:
-        self.order_first = self.first_order or 0 < iteration <= self.first_order_until
+        self.detach_inner_grads = self.first_order or 0 < iteration <= self.first_order_until
         self.msl_on = self.multi_step_loss and iteration <= self.msl_iterations
         if self.msl_on:  # a kernel launch on the GPU: only when the weights are used
             self.msl_progress.fill_((iteration - 1) / max(self.msl_iterations, 1))
@@ -171,7 +167,7 @@ class MAML(Algorithm):
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         path = list(self.trajectory(params, buffers, support_x, support_y, query_x, steps,
-                                    self.order_first))
+                                    self.detach_inner_grads))
         with torch.no_grad():
             before = path[0][1]()
         after = path[-1][1]()

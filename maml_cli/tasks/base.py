@@ -10,6 +10,15 @@ from maml_cli.episode import Episode
 SPLITS = ("train", "val", "test")
 
 
+class DataPlace:
+    """Where this machine keeps datasets (data.root, data.download, data.cache_dir, resolved).
+    Passed in by the builder rather than stored in the task's config, since it describes the
+    machine, not the task. (Not a dataclass: hydra's instantiate would turn one into a config.)"""
+
+    def __init__(self, root: str, download: bool, cache_dir: str):
+        self.root, self.download, self.cache_dir = root, download, cache_dir
+
+
 class TaskFamily(ABC):
     """Knows its data and splits; samples episodes with a generator on its device."""
 
@@ -18,9 +27,7 @@ class TaskFamily(ABC):
     metric_name: str
     higher_is_better: bool
 
-    def __init__(self, device: torch.device | str = "cpu", data=None):
-        # `data` (root, download, cache_dir) describes this machine, so it is passed in by the
-        # builder rather than stored in the task's config.
+    def __init__(self, device: torch.device | str = "cpu", data: DataPlace | None = None):
         self.device, self.data = torch.device(device), data
 
     @abstractmethod

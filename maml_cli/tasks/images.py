@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maml_cli import checkpoint
+from maml_cli import files
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
 from maml_cli.tasks.base import TaskFamily
@@ -38,7 +38,7 @@ def cached(path: Path, format_tag: str, build: Callable[[], dict]) -> dict:
             pass
     data = {"format": format_tag, **build()}
     try:
-        checkpoint.atomic_write(path, lambda f: torch.save(data, f))
+        files.atomic_write(path, lambda f: torch.save(data, f))
     except OSError as e:
         raise UserError(f"cannot write the dataset cache {path}: {e} "
                         "(set data.cache_dir to a writable folder)") from None

@@ -53,7 +53,7 @@ class Sinusoid(TaskFamily):
         )
 
     @staticmethod
-    def evaluate(amplitude, phase, x):
+    def sine(amplitude, phase, x):
         return amplitude * torch.sin(x - phase)
 
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode:
@@ -67,9 +67,9 @@ class Sinusoid(TaskFamily):
             query_x = self._uniform(self.x_range, (num_tasks, self.queries, 1), generator)
         return Episode(
             support_x,
-            self.evaluate(amplitude, phase, support_x),
+            self.sine(amplitude, phase, support_x),
             query_x,
-            self.evaluate(amplitude, phase, query_x),
+            self.sine(amplitude, phase, query_x),
         )
 
     def loss(self, prediction, target):

@@ -20,10 +20,11 @@ STRATEGY = pytest.mark.parametrize("strategy", STRATEGIES)
 MODELS = pytest.mark.parametrize("model_name", list(CASES))
 
 
-def meta_gradient(algorithm, model, episode, strategy, steps):
-    """The engine's meta-gradient of the model's and the algorithm's own weights."""
+def meta_gradient(algorithm, model, episode, strategy):
+    """The engine's meta-gradient of the model's and the algorithm's own weights, after the
+    algorithm's inner optimizer's steps."""
     params = dict(model.named_parameters())
-    Engine(strategy).meta_backward(algorithm, params, {}, episode, steps)
+    Engine(algorithm, strategy).meta_backward(params, {}, episode)
     return params, dict(algorithm.learned.named_parameters())
 
 
@@ -75,7 +76,7 @@ def test_learned_inner_rates_get_the_exact_meta_gradient(model_name, strategy, l
     with torch.no_grad():  # distinct rates, so that a mix-up of steps or tensors shows
         for r in algorithm.lrs.values():
             r.mul_(torch.rand_like(r) + 0.5)
-    params, learned = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    params, learned = meta_gradient(algorithm, model, episode, strategy)
     weights, names = list(params.values()), list(params)
     rates = [algorithm.lrs[n] for n in names]
     if lr_mode == "per_parameter":
@@ -93,7 +94,7 @@ def test_learned_inner_rates_get_the_exact_meta_gradient(model_name, strategy, l
 def test_anil_adapts_only_the_head_and_trains_the_body_through_it(model_name, strategy):
     model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](1, tasks=3)
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=3), adapt="head")
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=3)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     weights = list(params.values())
     head = [len(weights) - 2, len(weights) - 1]  # the last Linear's weight and bias
     want = grads_of(naive_objective(weights, case, 3, lambda i, s: LR, head), weights)
@@ -131,7 +132,7 @@ def test_mamlpp_switches_together_match_the_reference(model_name, strategy):
     with torch.no_grad():
         for table in (*algorithm.lrs.values(), *algorithm.norm_params.values()):
             table.mul_(torch.rand_like(table) + 0.5)
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=3)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     names, weights = list(params), list(params.values())
     norm = {i: algorithm.norm_params[n] for i, n in enumerate(names) if n in algorithm.norm_params}
     assert (model_name == "conv4") == bool(norm)
@@ -153,7 +154,7 @@ def test_derivative_order_annealing_switches_from_first_to_second_order(strategy
     for iteration, first_order in ((5, True), (6, False)):
         model.zero_grad()
         algorithm.start_iteration(iteration)
-        meta_gradient(algorithm, model, episode, strategy, steps=2)
+        meta_gradient(algorithm, model, episode, strategy)
         want = grads_of(naive_objective(weights, case, 2, lambda i, s: LR, every,
                                         first_order=first_order), weights)
         assert_close(engine_grads(weights), want)
@@ -191,7 +192,7 @@ def test_reptile_meta_step_is_the_interpolation_towards_the_adapted_weights(stra
     theta = [p.detach().clone() for p in model.parameters()]
     epsilon = 0.3
     optimizer = torch.optim.SGD(model.parameters(), lr=epsilon)
-    meta_gradient(algorithm, model, episode, strategy, steps=4)
+    meta_gradient(algorithm, model, episode, strategy)
     optimizer.step()
     want = [t + epsilon * (f - t) for t, f in zip(theta, phi)]
     assert_close(list(model.parameters()), want, rtol=1e-9)
@@ -201,7 +202,7 @@ def test_reptile_meta_step_is_the_interpolation_towards_the_adapted_weights(stra
 def test_pretrain_is_plain_joint_training_on_every_tasks_data(strategy):
     model, loss_fn, metric_fn, episode, forward = CASES["mlp"](5, tasks=3)
     algorithm = Pretrain(model, loss_fn, metric_fn, SGD(LR))
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=1)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     weights = list(params.values())
     objective = sum(F.mse_loss(forward(weights, torch.cat([sx, qx])), torch.cat([sy, qy]))
                     for sx, sy, qx, qy in (episode[t].tensors() for t in range(3))) / 3
@@ -212,7 +213,7 @@ def test_pretrain_is_plain_joint_training_on_every_tasks_data(strategy):
 def test_protonet_logits_are_negative_squared_distances_to_class_means(strategy):
     model, loss_fn, metric_fn, episode, forward = CASES["conv4"](6, tasks=2)
     algorithm = ProtoNet(model, loss_fn, metric_fn, SGD(LR), num_classes=3)
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=1)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     weights = list(params.values())
 
     def embed(x):  # conv4 without its head, from the hand-written reference
@@ -230,7 +231,7 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means(strategy)
         objective = objective + F.cross_entropy(logits, qy) / 2
     assert_close(engine_grads(weights), grads_of(objective, weights))
     assert weights[-1].grad is None and weights[-2].grad is None  # the head is never used
-    curve = Engine(strategy).map_tasks(algorithm.adaptation_curve, params, {}, episode, steps=2)
+    curve = Engine(algorithm, strategy).curves(params, {}, episode, steps=2)
     assert (curve == curve[:, :1]).all()  # no inner loop: every step count reports the same
 
 
@@ -266,7 +267,7 @@ def test_adapt_no_norm_leaves_the_norm_weights_to_the_outer_loop(strategy, first
     model, loss_fn, metric_fn, episode, _ = case = CASES["conv4"](3, tasks=3)
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), adapt="no_norm",
                      first_order=first_order)
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     weights = list(params.values())
     norms = {4 * i + j for i in range(4) for j in (2, 3)}  # conv4's gamma, beta per block
     adapted = [i for i in range(len(weights)) if i not in norms]
@@ -283,7 +284,7 @@ def test_head_init_zero_starts_every_task_from_a_zero_head(model_name, strategy,
     model, loss_fn, metric_fn, episode, _ = case = CASES[model_name](4, tasks=3)
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), head_init="zero",
                      first_order=first_order)
-    params, _ = meta_gradient(algorithm, model, episode, strategy, steps=2)
+    params, _ = meta_gradient(algorithm, model, episode, strategy)
     weights = list(params.values())
     body, head = weights[:-2], [torch.zeros_like(w, requires_grad=True) for w in weights[-2:]]
     want = grads_of(naive_objective(body + head, case, 2, lambda i, s: LR,

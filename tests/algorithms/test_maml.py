@@ -95,9 +95,9 @@ def first_order_formula(weights, case, steps):
 def engine_meta_gradient(model_name, strategy, first_order, steps, seed=0):
     case = CASES[model_name](seed, tasks=4)
     model, loss_fn, metric_fn, episode, _ = case
-    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR), first_order=first_order)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=steps), first_order=first_order)
     params = dict(model.named_parameters())
-    Engine(strategy).meta_backward(algorithm, params, {}, episode, steps)
+    Engine(algorithm, strategy).meta_backward(params, {}, episode)
     return [p.grad for p in params.values()], list(params.values()), case
 
 
@@ -152,8 +152,7 @@ def test_adaptation_curve_tracks_metric_after_each_step(strategy):
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = {k: p.detach() for k, p in model.named_parameters()}
     with torch.no_grad():
-        curves = Engine(strategy).map_tasks(algorithm.adaptation_curve, params, {}, episode,
-                                            steps=3)
+        curves = Engine(algorithm, strategy).curves(params, {}, episode, steps=3)
     assert curves.shape == (3, 4)
     weights = list(params.values())
     for t in range(3):
@@ -171,7 +170,7 @@ def test_task_loss_reports_metrics_before_and_after_adaptation():
     model, loss_fn, metric_fn, episode, naive_forward = sinusoid_case(0, tasks=2)
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = dict(model.named_parameters())
-    _, metrics = Engine("loop").meta_backward(algorithm, params, {}, episode, 1)
+    _, metrics = Engine(algorithm, "loop").meta_backward(params, {}, episode)
     weights = [p.detach() for p in params.values()]
     want = sum(F.mse_loss(naive_forward(weights, episode.query_x[t]), episode.query_y[t])
                for t in range(2)) / 2

@@ -7,7 +7,7 @@ import torch
 from tests.helpers import ok, run_cli
 
 
-def evaluate(run_dir, cwd, env, *args):
+def maml_eval(run_dir, cwd, env, *args):
     ok(run_cli("maml-eval", f"checkpoint={run_dir}/checkpoints/last.pt", *args, cwd=cwd, env=env))
     report = json.loads((run_dir / "checkpoints" / "eval.json").read_text())
     return {r["steps"]: r["mean"] for r in report["results"]}, report
@@ -21,8 +21,8 @@ def test_omniglot_5way_1shot_learns_well_above_chance(tmp_path, data_env):
                cwd=tmp_path, env=data_env))
     ok(run_cli("maml-train", *common, "trainer.iterations=0", "hydra.run.dir=untrained",
                cwd=tmp_path, env=data_env))
-    trained, report = evaluate(tmp_path / "trained", tmp_path, data_env, "eval.tasks=100")
-    untrained, _ = evaluate(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=100")
+    trained, report = maml_eval(tmp_path / "trained", tmp_path, data_env, "eval.tasks=100")
+    untrained, _ = maml_eval(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=100")
     assert report["metric"] == "accuracy" and report["split"] == "test"
     assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
     assert abs(trained[0] - 0.2) < 0.05  # before adaptation, labels are a coin toss
@@ -36,7 +36,7 @@ def test_mnist_train_and_eval(tmp_path, data_env):
     ok(run_cli("maml-train", "+experiment=mnist_fomaml", "trainer.iterations=20",
                "trainer.val_every=10", "trainer.val_tasks=10", "hydra.run.dir=run",
                cwd=tmp_path, env=data_env))
-    steps, report = evaluate(tmp_path / "run", tmp_path, data_env, "eval.tasks=30",
+    steps, report = maml_eval(tmp_path / "run", tmp_path, data_env, "eval.tasks=30",
                              "inner.eval_steps=2")
     assert report["tasks"] == 30 and set(steps) == {0, 1, 2}
     assert all(0 <= v <= 1 for v in steps.values())

@@ -85,3 +85,12 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
     # Only the groups a user chooses from: no structured-config registrations (schema/...).
     for text in (helped, eval_help):
         assert "schema" not in text and "model: conv4, mlp" in text
+
+
+def test_shell_completion_offers_only_the_groups_a_user_chooses_from(tmp_path):
+    import os
+
+    env = {**os.environ, "COMP_LINE": "maml-train ", "COMP_POINT": "11"}
+    offered = ok(run_cli("maml-train", "-sc", "query=bash", cwd=tmp_path, env=env)).stdout.split()
+    assert {"task=", "model=", "algorithm=", "inner=", "outer=", "trainer."} <= set(offered)
+    assert not [o for o in offered if "schema" in o]

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from maml_cli import checkpoint
+from maml_cli import files
 from maml_cli.tasks.sinusoid import Sinusoid
 from maml_cli.train import cli
 from maml_cli.trainer import Trainer
@@ -29,7 +29,7 @@ def kill_at(iteration: int) -> None:
     step = Trainer._step
 
     def fault(self, *args):
-        if self.iteration == iteration:
+        if self.progress.iteration == iteration:
             os.kill(os.getpid(), signal.SIGKILL)
         return step(self, *args)
 
@@ -37,7 +37,7 @@ def kill_at(iteration: int) -> None:
 
 
 def broken_save(n: int, pause: bool) -> None:
-    write_file, saves = checkpoint.atomic_write, []
+    write_file, saves = files.atomic_write, []
 
     def fault(path: Path, write) -> None:
         if path.parent.name == "checkpoints":
@@ -57,7 +57,7 @@ def broken_save(n: int, pause: bool) -> None:
 
         write_file(path, half)
 
-    checkpoint.atomic_write = fault
+    files.atomic_write = fault
 
 
 def nan_at(iterations: set[int]) -> None:
