@@ -167,6 +167,8 @@ def reproduce(name: str, row: dict, args) -> None:
 def fmt(metric: str, result: dict) -> str:
     if metric == "accuracy":
         return f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f}%"
+    if metric == "return":
+        return f"{result['mean']:.2f} ± {result['ci95']:.2f}"
     return f"{result['mean']:.3f} ± {result['ci95']:.3f}"
 
 

@@ -64,9 +64,11 @@ class Run:
 
 
 def make(group: str, node: DictConfig, **kwargs):
-    """instantiate(node), with failures reported as one line naming the config group."""
+    """instantiate(node), with failures reported as one line naming the config group. Lists and
+    dicts of the config reach the constructor as plain Python ones: nothing past build() holds
+    a piece of the DictConfig."""
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
@@ -87,6 +89,12 @@ def build(cfg: DictConfig) -> Run:
     task = make("task", cfg.task, device=device,
                 data=DataPlace(**OmegaConf.to_container(cfg.data, resolve=True)))
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
+    if task.needs_policy != getattr(model, "is_policy", False):
+        raise UserError(
+            f"{type(task).__name__} is a reinforcement-learning task: it needs a policy "
+            f"(model=gaussian_mlp), not {type(model).__name__}" if task.needs_policy else
+            f"{type(model).__name__} is a policy, for reinforcement-learning tasks "
+            f"(task=navigation2d); {type(task).__name__} needs model=mlp or conv4")
     # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
     # Without them it normalises with batch statistics in training and test alike, as conv4's
     # norm and MAML's reference code do.
@@ -95,8 +103,9 @@ def build(cfg: DictConfig) -> Run:
     algorithm = make(
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
+        data_fn=task.task_data,
     )
-    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device),
+    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device, task.vmappable),
                     choose_compile(cfg.trainer.compile, device), cfg.trainer.amp)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.

@@ -28,14 +28,20 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
-def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
+def choose_strategy(name: str, model: nn.Module, device: torch.device,
+                    vmappable: bool = True) -> str:
+    """`vmappable`: the task's per-task functions can run under vmap (RL tasks' rollouts, which
+    draw from their own generators, cannot)."""
     torch_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
     if name == "vmap" and torch_batch_norm:
         raise UserError("engine=vmap gives wrong second-order gradients through torch's "
                         "nn.BatchNorm (pytorch/functorch#534); use engine=loop or auto")
+    if name == "vmap" and not vmappable:
+        raise UserError("engine=vmap cannot run this task's rollouts (they draw from their own "
+                        "random generators); use engine=loop or auto")
     if name != "auto":
         return name
-    if torch_batch_norm:
+    if torch_batch_norm or not vmappable:
         return "loop"
     if device.type == "cuda":
         return "vmap"

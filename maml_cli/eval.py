@@ -15,7 +15,7 @@ from maml_cli.cli import main_wrapper, reports_errors
 from maml_cli.config import config_dir, from_checkpoint, register_configs
 from maml_cli.errors import UserError
 from maml_cli.evaluate import adaptation_curves, mean_ci95
-from maml_cli.figures import adaptation_curves_plot, save_png, sinusoid_fit
+from maml_cli.figures import adaptation_curves_plot, save_png, task_figure
 from maml_cli.schemas import check_values
 from maml_cli.tracking import log, print_table
 
@@ -53,9 +53,9 @@ def main(cfg: DictConfig) -> dict:
     if not group.main:  # under torchrun, rank 0 reports for all
         return report
     files.write_json(path.parent / "eval.json", report, indent=2)
-    figure = sinusoid_fit(run, ev.seed, (1, steps))
+    figure = task_figure(run, ev.seed, (1, steps))
     if figure is not None:
-        save_png(figure, path.parent / "eval_fit.png")
+        save_png(figure[1], path.parent / f"eval_{figure[0]}.png")
     save_png(adaptation_curves_plot([report, *compared]), path.parent / "eval_curve.png")
     print_table(f"test {name}, {ev.tasks} tasks", ["inner steps", f"{name} (mean ± 95% CI)"],
                 [[str(r["steps"]), f"{r['mean']:.4f} ± {r['ci95']:.4f}"] for r in results])

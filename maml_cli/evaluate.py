@@ -9,7 +9,7 @@ import torch
 from maml_cli import distributed
 from maml_cli.build import Run
 from maml_cli.distributed import Group
-from maml_cli.figures import sinusoid_fit
+from maml_cli.figures import task_figure
 from maml_cli.tracking import Tracker, log
 
 # Validation tasks come from their own stream, fixed per run seed, so every validation of a run
@@ -54,9 +54,9 @@ def validate(run: Run, tracker: Tracker, iteration: int, best: float | None) -> 
     before, _ = mean_ci95(curves[:, 0])
     after, ci = mean_ci95(curves[:, -1])
     tracker.scalars(iteration, {f"val/{name}_pre": before, f"val/{name}": after})
-    figure = sinusoid_fit(run, seed, (1, steps))
+    figure = task_figure(run, seed, (1, steps))
     if figure is not None:
-        tracker.figure("val/fit", figure, iteration)
+        tracker.figure(f"val/{figure[0]}", figure[1], iteration)
     log.info("iteration %d: val %s %.4f before adaptation, %.4f ± %.4f after %d steps%s",
              iteration, name, before, after, ci, steps,
              " (best)" if run.task.better(after, best) else "")

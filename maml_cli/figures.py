@@ -1,4 +1,5 @@
-"""Figures a person looks at: the MAML paper's sinusoid fit (its figure 2)."""
+"""Figures a person looks at: the MAML paper's sinusoid fit (its figure 2), its navigation paths
+(figure 4), and adaptation curves."""
 
 from __future__ import annotations
 
@@ -7,9 +8,52 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch.func import functional_call  # noqa: E402
 
 from maml_cli.build import Run  # noqa: E402
+from maml_cli.tasks.navigation import Navigation2D  # noqa: E402
 from maml_cli.tasks.sinusoid import Sinusoid  # noqa: E402
+
+
+def task_figure(run: Run, seed: int, steps: tuple[int, ...]):
+    """(name, figure) of one test task of the run's family before and after `steps` inner steps,
+    for the families that have one; else None."""
+    if isinstance(run.task, Sinusoid):
+        return "fit", sinusoid_fit(run, seed, steps)
+    if isinstance(run.task, Navigation2D):
+        return "paths", navigation_paths(run, seed, steps)
+    return None
+
+
+@torch.no_grad()
+def navigation_paths(run: Run, seed: int, steps: tuple[int, ...] = (1, 3), rollouts: int = 5):
+    """The paths of a few rollouts of the policy before adaptation and after `steps` steps, with
+    the goal, for one test task."""
+    task, generator = run.task, torch.Generator(run.device).manual_seed(seed)
+    episode = task.sample("test", 1, generator)
+    params = {k: p.detach() for k, p in run.model.named_parameters()}
+    buffers = dict(run.model.named_buffers())
+    path = list(run.algorithm.trajectory(params, buffers, *episode[0].tensors(), max(steps),
+                                         first_order=True))
+    goal = episode.support_x[0]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for n, color in zip((0, *steps), ("grey", "tab:blue", "tab:green", "tab:orange")):
+        weights = {**params, **path[n][0]}
+        obs, packed = task.rollouts(lambda o, w=weights: functional_call(run.model, (w, buffers),
+                                                                         (o,)),
+                                    goal, rollouts, generator)
+        obs, mask = obs.view(rollouts, task.horizon, -1).cpu(), packed[:, -2].view(rollouts, -1)
+        for r in range(rollouts):
+            ran = obs[r, mask[r].bool().cpu()]
+            ax.plot(ran[:, 0], ran[:, 1], color=color, alpha=0.7,
+                    label=(f"{n} grad step{'s' if n != 1 else ''}" if n else "pre-update")
+                    if r == 0 else None)
+    ax.scatter(*goal.cpu(), marker="*", s=200, color="red", zorder=3, label="goal")
+    ax.set_title(f"2D navigation, goal ({goal[0]:.2f}, {goal[1]:.2f})")
+    ax.set_aspect("equal")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()
@@ -26,8 +70,8 @@ def sinusoid_fit(run: Run, seed: int, steps: tuple[int, ...] = (1, 10)):
     params = {k: p.detach() for k, p in run.model.named_parameters()}
     buffers = dict(run.model.named_buffers())
 
-    predictions = list(run.algorithm.predictions(params, buffers, episode.support_x,
-                                                 episode.support_y, episode.query_x, max(steps)))
+    predictions = [p for p, _ in run.algorithm.outcomes(params, buffers, *episode.tensors(),
+                                                        max(steps))]
 
     def predict(n):
         return predictions[n].cpu().view(-1)

@@ -67,8 +67,22 @@ class MiniImageNetConfig(ImageTaskConfig):
 
 
 @dataclass
+class Navigation2DConfig(TaskConfig):
+    horizon: int = MISSING
+    discount: float = MISSING
+    goal_range: list[float] = MISSING
+    max_step: float = MISSING
+    tolerance: float = MISSING
+
+
+@dataclass
 class MLPConfig(Target):
     hidden: list[int] = MISSING
+
+
+@dataclass
+class GaussianMLPConfig(MLPConfig):
+    init_std: float = MISSING
 
 
 @dataclass
@@ -133,8 +147,8 @@ class SGDConfig(OptimizerConfig):
 
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
-             "miniimagenet": MiniImageNetConfig},
-    "model": {"mlp": MLPConfig, "conv4": Conv4Config},
+             "miniimagenet": MiniImageNetConfig, "navigation2d": Navigation2DConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "gaussian_mlp": GaussianMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
                   "pretrain": Target, "protonet": Target},
     "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},
@@ -282,6 +296,12 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.ways", ">= 2", lambda v: v >= 2),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", ">= 8", lambda v: v >= 8),
+    ("task.horizon", ">= 1", lambda v: v >= 1),
+    ("task.discount", "in [0, 1]", lambda v: 0 <= v <= 1),
+    ("task.max_step", "> 0", _positive),
+    ("task.tolerance", ">= 0", lambda v: v >= 0),
+    ("task.goal_range", "two numbers, low < high", lambda v: len(v) == 2 and v[0] < v[1]),
+    ("model.init_std", "> 0", _positive),
 ]
 
 

@@ -60,6 +60,12 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
+    ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),
+    ("+experiment=navigation2d_maml task.discount=1.5", "task.discount"),
+    ("+experiment=navigation2d_maml task.max_step=0", "task.max_step"),
+    ("+experiment=navigation2d_maml task.tolerance=-1", "task.tolerance"),
+    ("+experiment=navigation2d_maml task.goal_range=[0.5,-0.5]", "task.goal_range"),
+    ("+experiment=navigation2d_maml model.init_std=0", "model.init_std"),
 ]
 
 
@@ -78,7 +84,7 @@ def test_every_rule_is_tried_and_documented():
 
 def test_every_rule_names_a_real_key():
     configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"),
-               compose_train("inner=adam"))
+               compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key

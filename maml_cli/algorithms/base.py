@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from maml_cli.algorithms.inner import SGD
 from maml_cli.errors import UserError
+from maml_cli.tasks.base import FixedData, TaskData
 
 Params = dict[str, Tensor]
 
@@ -36,8 +37,11 @@ def body_params(params: Params, head_prefix: str) -> Params:
 class Algorithm:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  metric_fn: Callable[[Tensor, Tensor], Tensor], inner: SGD,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, data_fn: Callable[..., TaskData] | None = None):
         self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
+        # The task's data from its episode tensors (TaskFamily.task_data): fixed support and query
+        # sets, or rollouts of the policy being adapted.
+        self.data_fn = data_fn or (lambda sx, sy, qx, qy, policy: FixedData(sx, sy, qx, qy))
         self.inner, self.num_classes = inner, num_classes
         self.learned = nn.Module()
 
@@ -56,19 +60,22 @@ class Algorithm:
         """One task: (the loss whose gradient is the task's meta-gradient, metrics)."""
         raise NotImplementedError
 
-    def predictions(self, params, buffers, support_x, support_y, query_x,
-                    steps: int) -> Iterator[Tensor]:
-        """The query predictions after 0, 1, ..., steps inner steps on the support set."""
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y,
+                 steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """(query predictions, query targets) after 0, 1, ..., steps inner steps."""
         raise NotImplementedError
 
     def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """One task: the query metric after 0, 1, ..., steps inner steps, shape [steps + 1]."""
-        predictions = self.predictions(params, buffers, support_x, support_y, query_x, steps)
-        return torch.stack([self.metric_fn(p, query_y) for p in predictions])
+        outcomes = self.outcomes(params, buffers, support_x, support_y, query_x, query_y, steps)
+        return torch.stack([self.metric_fn(p, y) for p, y in outcomes])
 
-    def metrics(self, before: Tensor, after: Tensor, query_y: Tensor) -> dict[str, Tensor]:
+    def metrics(self, before: tuple[Tensor, Tensor],
+                after: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """Loss and metric of the (query predictions, targets) before and after adaptation."""
+        (before, before_y), (after, after_y) = before, after
         before, after = before.detach(), after.detach()
-        return {"loss_pre": self.loss_fn(before, query_y),
-                "loss_post": self.loss_fn(after, query_y),
-                "metric_pre": self.metric_fn(before, query_y),
-                "metric_post": self.metric_fn(after, query_y)}
+        return {"loss_pre": self.loss_fn(before, before_y),
+                "loss_post": self.loss_fn(after, after_y),
+                "metric_pre": self.metric_fn(before, before_y),
+                "metric_post": self.metric_fn(after, after_y)}

@@ -18,6 +18,8 @@ from maml_cli.errors import UserError
 ADAPT = ("all", "no_norm", "head")
 LR_MODES = ("fixed", "per_layer_step", "per_parameter")
 HEAD_INITS = ("learned", "zero")
+# (query predictions, their targets)
+Outcome = tuple[Tensor, Tensor]
 # MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
 MSL_MIN_SHARE = 0.03
 
@@ -41,11 +43,11 @@ class MAML(Algorithm):
     parameters. `first_order_until=N` trains first order for iterations 1..N, then second order.
     """
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, first_order=False,
-                 first_order_until=0, adapt="all", lr_mode="fixed", per_step_norm=False,
-                 multi_step_loss=False, msl_iterations=0, inner_batch_size=None,
-                 head_init="learned"):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
+                 first_order=False, first_order_until=0, adapt="all", lr_mode="fixed",
+                 per_step_norm=False, multi_step_loss=False, msl_iterations=0,
+                 inner_batch_size=None, head_init="learned"):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
         if adapt == "head" and per_step_norm:
             raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
                             "the body runs once per task, not once per step")
@@ -134,10 +136,10 @@ class MAML(Algorithm):
         index = (torch.arange(size, device=x.device) + step * size) % n
         return x[index], y[index]
 
-    def trajectory(self, params, buffers, support_x, support_y, query_x, steps: int,
-                   first_order: bool) -> Iterator[tuple[Params, Callable[[], Tensor]]]:
+    def trajectory(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
+                   first_order: bool) -> Iterator[tuple[Params, Callable[[], Outcome]]]:
         """After 0, 1, ..., steps inner steps: (the adapted parameters, a function of no
-        arguments giving the query predictions with them)."""
+        arguments giving the query predictions with them and their targets)."""
         if self.head is not None:  # ANIL: the body's features once, the head adapts on them
             body = body_params(params, self.head_prefix)
             support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
@@ -154,32 +156,38 @@ class MAML(Algorithm):
             norm = {k: v[row] for k, v in self.norm_params.items()}
             return functional_call(self.model, ({**fixed, **p, **norm}, buffers), (x,))
 
+        data = self.data_fn(support_x, support_y, query_x, query_y, predict)
+
+        def query(p: Params, step: int, row: int) -> Outcome:
+            x, y = data.query(step, p)
+            return predict(p, x, row), y
+
         state = self.inner.init(fast)
-        yield fast, lambda p=fast: predict(p, query_x, 0)
+        yield fast, lambda p=fast: query(p, 0, 0)
         for step in range(steps):
-            x, y = self._batch(support_x, support_y, step)
+            x, y = self._batch(*data.support(step, fast), step)
             grads = grad(lambda p, x=x, y=y, s=step: self.loss_fn(predict(p, x, s), y))(fast)
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             fast, state = self.inner.step(fast, grads, state, self._lr(step))
             # MAML++'s indexing: the query after step s+1 uses the norm row of step s.
-            yield fast, lambda p=fast, s=step: predict(p, query_x, s)
+            yield fast, lambda p=fast, s=step: query(p, s + 1, s)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, steps,
-                                    self.detach_inner_grads))
+        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
+                                    steps, self.detach_inner_grads))
         with torch.no_grad():
             before = path[0][1]()
         after = path[-1][1]()
         weights = self.step_weights(steps)
         if weights is None:
-            loss = self.loss_fn(after, query_y)
+            loss = self.loss_fn(*after)
         else:
-            outputs = [predict() for _, predict in path[1:-1]] + [after]
-            loss = sum(w * self.loss_fn(o, query_y) for w, o in zip(weights, outputs))
-        return loss, self.metrics(before, after, query_y)
+            outcomes = [query() for _, query in path[1:-1]] + [after]
+            loss = sum(w * self.loss_fn(*o) for w, o in zip(weights, outcomes))
+        return loss, self.metrics(before, after)
 
-    def predictions(self, params, buffers, support_x, support_y, query_x, steps: int):
-        for _, predict in self.trajectory(params, buffers, support_x, support_y, query_x, steps,
-                                          first_order=True):
-            yield predict()
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        for _, query in self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
+                                        steps, first_order=True):
+            yield query()

@@ -9,15 +9,19 @@ from maml_cli.algorithms.maml import MAML
 
 
 class Pretrain(MAML):
-    """One network regressed (or classified) jointly on every task's support and query data.
+    """One network regressed (or classified) jointly on every task's support and query data
+    (on RL tasks: policy gradient on the rollouts of the one policy).
     On image tasks the labels are each task's own shuffled class order, so joint training can
     only learn features, not a classifier; the paper ran this baseline on sinusoids only."""
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        data = self.data_fn(support_x, support_y, query_x, query_y,
+                            lambda p, x, step: self.forward(p, buffers, x))
+        (support_x, support_y), (query_x, query_y) = data.support(0, params), data.query(0, params)
         out = self.forward(params, buffers, torch.cat([support_x, query_x]))
         loss = self.loss_fn(out, torch.cat([support_y, query_y]))
-        query = out[support_x.shape[0]:]
-        return loss, self.metrics(query, query, query_y)
+        query = (out[support_x.shape[0]:], query_y)
+        return loss, self.metrics(query, query)

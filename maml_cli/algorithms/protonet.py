@@ -15,10 +15,10 @@ class ProtoNet(Algorithm):
     """The embedding is the model without its last layer (conv4's body: 64 features on
     Omniglot); the head is never used and its weights never change."""
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None):
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None):
         if num_classes is None:
             raise UserError("algorithm=protonet needs a classification task (one with task.ways)")
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes)
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
         self.body, _, self.head_prefix = split_head(model, "algorithm=protonet")
 
     def logits(self, params, buffers, support_x, support_y, query_x):
@@ -31,9 +31,10 @@ class ProtoNet(Algorithm):
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         logits = self.logits(params, buffers, support_x, support_y, query_x)
-        return self.loss_fn(logits, query_y), self.metrics(logits, logits, query_y)
+        query = (logits, query_y)
+        return self.loss_fn(*query), self.metrics(query, query)
 
-    def predictions(self, params, buffers, support_x, support_y, query_x, steps: int):
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """The same at every step count: nothing adapts."""
         logits = self.logits(params, buffers, support_x, support_y, query_x)
-        return [logits] * (steps + 1)
+        return [(logits, query_y)] * (steps + 1)

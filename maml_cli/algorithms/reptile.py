@@ -16,16 +16,17 @@ class Reptile(MAML):
     `inner.steps` steps on minibatches of `inner_batch_size` support examples (null: all).
     At test time it adapts exactly as MAML does."""
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, inner_batch_size=None):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes, first_order=True,
-                         inner_batch_size=inner_batch_size)
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
+                 inner_batch_size=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn,
+                         first_order=True, inner_batch_size=inner_batch_size)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         start = {k: p.detach() for k, p in params.items()}
-        path = list(self.trajectory(start, buffers, support_x, support_y, query_x, steps,
-                                    first_order=True))
+        path = list(self.trajectory(start, buffers, support_x, support_y, query_x, query_y,
+                                    steps, first_order=True))
         with torch.no_grad():
             before, after = path[0][1](), path[-1][1]()
         adapted = path[-1][0]
         loss = sum(0.5 * (p - adapted[k].detach()).pow(2).sum() for k, p in params.items())
-        return loss, self.metrics(before, after, query_y)
+        return loss, self.metrics(before, after)

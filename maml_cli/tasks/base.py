@@ -19,6 +19,30 @@ class DataPlace:
         self.root, self.download, self.cache_dir = root, download, cache_dir
 
 
+class TaskData:
+    """What one task's inner loop trains on and its meta-objective and metric test on, after
+    `step` inner steps (`params`: the weights at that point)."""
+
+    def support(self, step: int, params) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def query(self, step: int, params) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class FixedData(TaskData):
+    """Supervised tasks: the episode's support and query sets, the same at every step."""
+
+    def __init__(self, support_x, support_y, query_x, query_y):
+        self.support_set, self.query_set = (support_x, support_y), (query_x, query_y)
+
+    def support(self, step, params):
+        return self.support_set
+
+    def query(self, step, params):
+        return self.query_set
+
+
 class TaskFamily(ABC):
     """Knows its data and splits; samples episodes with a generator on its device."""
 
@@ -26,12 +50,19 @@ class TaskFamily(ABC):
     num_outputs: int
     metric_name: str
     higher_is_better: bool
+    vmappable = True  # whether engine=vmap can map its per-task functions
+    needs_policy = False  # RL tasks: the model is a policy (models/gaussian_mlp.py)
 
     def __init__(self, device: torch.device | str = "cpu", data: DataPlace | None = None):
         self.device, self.data = torch.device(device), data
 
     @abstractmethod
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode: ...
+
+    def task_data(self, support_x, support_y, query_x, query_y, policy) -> TaskData:
+        """One task's data from its episode tensors. `policy(params, x, step)`, the model as the
+        algorithm calls it, is for tasks whose data depend on the parameters (tasks/rl.py)."""
+        return FixedData(support_x, support_y, query_x, query_y)
 
     @abstractmethod
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

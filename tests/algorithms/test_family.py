@@ -100,7 +100,7 @@ def test_anil_adapts_only_the_head_and_trains_the_body_through_it(model_name, st
     want = grads_of(naive_objective(weights, case, 3, lambda i, s: LR, head), weights)
     assert_close(engine_grads(weights), want)
     assert torch.linalg.norm(weights[0].grad) > 0  # the body is meta-learned
-    path = list(algorithm.trajectory(params, {}, *episode[0].tensors()[:3], 3, True))
+    path = list(algorithm.trajectory(params, {}, *episode[0].tensors(), 3, True))
     assert set(path[-1][0]) == {n for n in params if n.startswith(algorithm.head_prefix)}
 
 

@@ -76,7 +76,7 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
         for key in ("seed:", "iterations:", "meta_batch_size:", "val_every:",
                     "checkpoint_every:", "lr:", "steps:", "eval_steps:", "resume:", "tasks:"):
             assert key in text, key
-    assert "task: miniimagenet, mnist, omniglot, sinusoid" in helped
+    assert "task: miniimagenet, mnist, navigation2d, omniglot, sinusoid" in helped
     assert "algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, reptile" in helped
     assert "inner: adam, sgd" in helped
     eval_help = subprocess.run([sys.executable, "-m", "maml_cli.eval", "--help"], cwd=tmp_path,
@@ -84,7 +84,7 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
     assert "checkpoint:" in eval_help and "tasks:" in eval_help
     # Only the groups a user chooses from: no structured-config registrations (schema/...).
     for text in (helped, eval_help):
-        assert "schema" not in text and "model: conv4, mlp" in text
+        assert "schema" not in text and "model: conv4, gaussian_mlp, mlp" in text
 
 
 def test_shell_completion_offers_only_the_groups_a_user_chooses_from(tmp_path):

@@ -1,0 +1,45 @@
+"""Meta-RL through the real console scripts: maml-train on 2D navigation, maml-eval on its
+checkpoint, exact resume, and the one-line errors of a model that does not fit the task."""
+
+import json
+import math
+
+import torch
+
+from tests.helpers import assert_one_line_error, ok, run_cli
+from tests.reliability.test_resume import assert_same_state
+
+# A CI-sized preset: short rollouts, few of them, few tasks.
+TINY = ["+experiment=navigation2d_maml", "task.horizon=15", "task.shots=4", "task.queries=4",
+        "trainer.meta_batch_size=3", "trainer.val_every=3", "trainer.val_tasks=4",
+        "trainer.log_every=1", "device=cpu", "device.threads=1"]
+
+
+def test_navigation_trains_evaluates_and_resumes_exactly(tmp_path):
+    ok(run_cli("maml-train", *TINY, "trainer.iterations=6", "hydra.run.dir=full", cwd=tmp_path))
+    ok(run_cli("maml-train", *TINY, "trainer.iterations=6", "trainer.stop_after=4",
+               "hydra.run.dir=first", cwd=tmp_path))
+    ok(run_cli("maml-train", "resume=first", "hydra.run.dir=second", cwd=tmp_path))
+    full = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "second/checkpoints/last.pt", weights_only=True)
+    assert_same_state({k: v for k, v in full.items() if k != "config"},
+                      {k: v for k, v in resumed.items() if k != "config"})
+    assert set(full["model"]) == {"log_std", "mean.1.weight", "mean.1.bias", "mean.3.weight",
+                                  "mean.3.bias", "mean.5.weight", "mean.5.bias"}
+
+    ok(run_cli("maml-eval", "checkpoint=full", "eval.tasks=6", cwd=tmp_path))
+    report = json.loads((tmp_path / "full/checkpoints/eval.json").read_text())
+    assert report["metric"] == "return" and [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
+    # Returns are minus distances summed over at most 15 steps from at most ~0.7 away.
+    assert all(math.isfinite(r["mean"]) and -15 < r["mean"] <= 0 for r in report["results"])
+    # The paper's navigation panel: paths before and after adaptation, with the goal.
+    assert (tmp_path / "full/checkpoints/eval_paths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_model_that_does_not_fit_the_task_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("maml-train", "task=navigation2d", cwd=tmp_path),
+                          "Navigation2D is a reinforcement-learning task: it needs a policy "
+                          "(model=gaussian_mlp), not MLP")
+    assert_one_line_error(run_cli("maml-train", "model=gaussian_mlp", cwd=tmp_path),
+                          "GaussianMLP is a policy, for reinforcement-learning tasks")
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))

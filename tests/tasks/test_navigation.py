@@ -1,0 +1,153 @@
+"""2D navigation and the RL machinery (tasks/rl.py): dynamics, rewards and termination against
+hand-computed cases, the linear baseline, the policy-gradient loss, and MAML's meta-gradient
+through a policy-gradient inner step against a naive float64 reference."""
+
+import math
+
+import pytest
+import torch
+
+from maml_cli.algorithms.inner import SGD
+from maml_cli.algorithms.maml import MAML
+from maml_cli.engine import Engine, choose_strategy
+from maml_cli.errors import UserError
+from maml_cli.models.gaussian_mlp import GaussianMLP
+from maml_cli.tasks.navigation import Navigation2D
+from maml_cli.tasks.rl import linear_baseline
+
+
+def test_a_step_moves_by_the_clipped_action_and_rewards_minus_the_distance_after_it():
+    task = Navigation2D()
+    goal = torch.tensor([0.3, -0.2])
+    state = torch.tensor([[0.0, 0.0], [0.25, -0.2]])
+    action = torch.tensor([[0.5, 0.05], [0.05, 0.0]])
+    state, observation, reward, done = task.step(state, action, goal)
+    torch.testing.assert_close(state, torch.tensor([[0.1, 0.05], [0.3, -0.2]]))
+    torch.testing.assert_close(observation, state)
+    torch.testing.assert_close(reward, -torch.tensor([math.hypot(0.2, 0.25), 0.0]))
+    assert done.tolist() == [False, True]  # within 0.01 of the goal
+
+
+def policy_towards(goal, speed, log_std=-20.0):
+    """A deterministic-in-effect policy that moves `speed` per step straight at the goal."""
+    def policy(observation):
+        to_goal = goal - observation
+        direction = to_goal / to_goal.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        mean = direction * speed
+        return torch.cat([mean, torch.full_like(mean, log_std)], -1)
+    return policy
+
+
+def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
+    task = Navigation2D(horizon=10)
+    goal = torch.tensor([0.3, 0.4])  # 0.5 away: 5 steps of 0.1
+    generator = torch.Generator().manual_seed(0)
+    obs, packed = task.rollouts(policy_towards(goal, 0.1), goal, 2, generator)
+    assert obs.shape == (20, 2) and packed.shape == (20, 5)
+    mask, reward = packed[:10, 3], packed[:10, 4]
+    assert mask.tolist() == [1.0] * 5 + [0.0] * 5
+    want = [-0.4, -0.3, -0.2, -0.1, 0.0]
+    torch.testing.assert_close(reward[:5], torch.tensor(want), atol=1e-5, rtol=0)
+    assert (reward[5:] == 0).all()
+    assert task.metric(None, packed).item() == pytest.approx(sum(want), abs=1e-4)
+    torch.testing.assert_close(obs[1], torch.tensor([0.06, 0.08]), atol=1e-5, rtol=0)
+
+
+def test_advantages_are_normalised_over_the_steps_that_ran_and_zero_after():
+    task = Navigation2D(horizon=10)
+    goal = torch.tensor([0.3, 0.4])
+    _, packed = task.rollouts(policy_towards(goal, 0.07, log_std=-1.0), goal, 4,
+                              torch.Generator().manual_seed(1))
+    advantage, mask = packed[:, 2], packed[:, 3].bool()
+    assert advantage[mask].mean().abs() < 1e-5 and abs(advantage[mask].std() - 1) < 1e-4
+    assert (advantage[~mask] == 0).all()
+
+
+def test_the_linear_baseline_fits_returns_that_are_linear_in_its_features():
+    torch.manual_seed(0)
+    obs = torch.randn(3, 8, 2, dtype=torch.float64)
+    t = torch.arange(8, dtype=torch.float64) / 100
+    returns = 2 * obs[..., 0] - obs[..., 1] ** 2 + 5 * t ** 3 + 0.5
+    masks = torch.ones(3, 8, dtype=torch.float64)
+    masks[0, 5:] = 0
+    fitted = linear_baseline(obs, returns * masks, masks, regulariser=1e-12)
+    torch.testing.assert_close(fitted, returns * masks, atol=1e-6, rtol=0)
+
+
+def test_the_policy_gradient_loss_is_minus_the_masked_mean_of_log_prob_times_advantage():
+    task = Navigation2D()
+    torch.manual_seed(0)
+    prediction = torch.randn(6, 4, dtype=torch.float64)
+    action, advantage = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    mask = torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.float64)
+    target = torch.cat([action, advantage[:, None], mask[:, None], torch.zeros(6, 1)], -1)
+    normal = torch.distributions.Normal(prediction[:, :2], prediction[:, 2:].exp())
+    want = -(normal.log_prob(action).sum(-1) * advantage)[:4].mean()
+    torch.testing.assert_close(task.loss(prediction, target), want)
+
+
+def tiny_case():
+    torch.manual_seed(0)
+    task = Navigation2D(shots=3, queries=3, horizon=6)
+    model = GaussianMLP((2,), 2, hidden=[5]).double()
+    generator = torch.Generator().manual_seed(3)
+    episode = task.sample("train", 2, generator)
+    episode.support_x, episode.query_x = episode.support_x.double(), episode.query_x.double()
+    return task, model, episode
+
+
+def naive_log_prob(weights, obs, action):
+    w1, b1, w2, b2, log_std = weights
+    mean = torch.relu(obs @ w1.T + b1) @ w2.T + b2
+    return torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+
+
+def naive_meta_gradient(task, model, episode, lr, first_order):
+    """MAML-RL by hand, per task: rollouts of the policy (the task's own data, drawn the same
+    way), one policy-gradient step with create_graph, the post-update rollouts' loss."""
+    names = ["mean.1.weight", "mean.1.bias", "mean.3.weight", "mean.3.bias", "log_std"]
+    weights = [dict(model.named_parameters())[n] for n in names]
+    total = [torch.zeros_like(w) for w in weights]
+    for t in range(episode.num_tasks):
+        data = task.task_data(*episode[t].tensors(), lambda p, obs, step:
+                              torch.func.functional_call(model, p, (obs,)))
+        named = dict(zip(names, weights))
+        obs, target = data.support(0, named)
+        action, advantage, mask = target[:, :2], target[:, 2], target[:, 3]
+        inner = -(naive_log_prob(weights, obs, action) * advantage * mask).sum() / mask.sum()
+        grads = torch.autograd.grad(inner, weights, create_graph=not first_order)
+        fast = [w - lr * g for w, g in zip(weights, grads)]
+        obs, target = data.query(1, dict(zip(names, [f.detach() for f in fast])))
+        action, advantage, mask = target[:, :2], target[:, 2], target[:, 3]
+        outer = -(naive_log_prob(fast, obs, action) * advantage * mask).sum() / mask.sum()
+        for acc, g in zip(total, torch.autograd.grad(outer, weights)):
+            acc += g / episode.num_tasks
+    return total
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_through_a_policy_gradient_step_equals_the_naive_reference(first_order):
+    task, model, episode = tiny_case()
+    algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data,
+                     first_order=first_order)
+    engine = Engine(algorithm, choose_strategy("auto", model, torch.device("cpu"),
+                                               task.vmappable))
+    assert engine.strategy == "loop"
+    params = dict(model.named_parameters())
+    engine.meta_backward(params, {}, episode)
+    got = [params[n].grad for n in ["mean.1.weight", "mean.1.bias", "mean.3.weight",
+                                    "mean.3.bias", "log_std"]]
+    want = naive_meta_gradient(task, model, episode, 0.1, first_order)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_rollouts_depend_only_on_the_policy_and_the_task_seed():
+    task, model, episode = tiny_case()
+    algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    curves = [Engine(algorithm, "loop").curves(params, {}, episode, steps=2) for _ in range(2)]
+    torch.testing.assert_close(curves[0], curves[1], rtol=0, atol=0)
+    assert curves[0].shape == (2, 3)
+    with pytest.raises(UserError, match="engine=vmap cannot run this task's rollouts"):
+        choose_strategy("vmap", model, torch.device("cpu"), task.vmappable)
