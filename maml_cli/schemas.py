@@ -117,6 +117,7 @@ class InnerConfig(Target):
     lr: float = MISSING
     steps: int = MISSING
     eval_steps: int = MISSING
+    later_lr: float | None = MISSING
 
 
 @dataclass
@@ -265,6 +266,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("device.name", f"one of {', '.join(DEVICES)}", lambda v: v in DEVICES),
     ("device.threads", ">= 1, or null for torch's default", lambda v: v >= 1),
     ("inner.lr", "> 0", _positive),
+    ("inner.later_lr", "> 0, or null for inner.lr", _positive),
     ("inner.steps", ">= 0", lambda v: v >= 0),
     ("inner.eval_steps", ">= 0", lambda v: v >= 0),
     ("outer.lr", "> 0", _positive),

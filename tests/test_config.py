@@ -60,6 +60,7 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
+    ("inner.later_lr=0", "inner.later_lr"),
     ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),
     ("+experiment=navigation2d_maml task.discount=1.5", "task.discount"),
     ("+experiment=navigation2d_maml task.max_step=0", "task.max_step"),

@@ -16,10 +16,18 @@ class SGD:
     (Not a dataclass: hydra's instantiate would turn one passed on to the algorithm into a config.)
     """
 
-    def __init__(self, lr: float, steps: int = 1, eval_steps: int = 10):
+    def __init__(self, lr: float, steps: int = 1, eval_steps: int = 10,
+                 later_lr: float | None = None):
         self.lr = lr
         self.steps = steps  # inner steps in meta-training
         self.eval_steps = eval_steps  # inner steps at validation and maml-eval
+        # The rate of steps 2, 3, ... (None: lr); the MAML paper's RL evaluation takes a first
+        # step of 0.1, then steps of 0.05.
+        self.later_lr = later_lr
+
+    def step_size(self, step: int) -> float:
+        """The fixed rate of inner step `step` (0, 1, ...)."""
+        return self.lr if step == 0 or self.later_lr is None else self.later_lr
 
     def init(self, params: Params):
         return ()
@@ -32,8 +40,9 @@ class Adam(SGD):
     """Adam with bias correction; the Reptile paper's inner optimizer (with betas [0, 0.999])."""
 
     def __init__(self, lr: float, steps: int = 1, eval_steps: int = 10,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(lr, steps, eval_steps)
+                 later_lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        super().__init__(lr, steps, eval_steps, later_lr)
         self.betas, self.eps = tuple(betas), eps
 
     def init(self, params: Params):

@@ -105,7 +105,7 @@ class MAML(Algorithm):
             return {k: v[min(step, self.num_steps - 1)] for k, v in self.lrs.items()}
         if self.lr_mode == "per_parameter":
             return self.lrs
-        return dict.fromkeys(self.adapted, self.inner.lr)
+        return dict.fromkeys(self.adapted, self.inner.step_size(step))
 
     def inner_lr(self):
         if not self.lrs:

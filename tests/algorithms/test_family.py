@@ -291,3 +291,17 @@ def test_head_init_zero_starts_every_task_from_a_zero_head(model_name, strategy,
                                     range(len(weights)), first_order=first_order), body)
     assert_close(engine_grads(body), want)
     assert all(w.grad is None for w in weights[-2:])  # the head's init is no meta-parameter
+
+
+@STRATEGY
+def test_later_inner_steps_take_inner_later_lr(strategy):
+    """inner.later_lr: the first step at inner.lr, the others at later_lr (the MAML paper's RL
+    evaluation: 0.1, then 0.05), second order through all three."""
+    case = CASES["mlp"](0, tasks=3)
+    model, loss_fn, metric_fn, episode, _ = case
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=3, later_lr=LR / 2))
+    weights = list(model.parameters())
+    want = grads_of(naive_objective(weights, case, 3, lambda i, s: LR if s == 0 else LR / 2,
+                                    range(len(weights))), weights)
+    meta_gradient(algorithm, model, episode, strategy)
+    assert_close(engine_grads(weights), want)
