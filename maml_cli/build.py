@@ -103,7 +103,7 @@ def build(cfg: DictConfig) -> Run:
     algorithm = make(
         "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
-        data_fn=task.task_data,
+        data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )
     engine = Engine(algorithm, choose_strategy(cfg.engine, model, device, task.vmappable),
                     choose_compile(cfg.trainer.compile, device), cfg.trainer.amp)
@@ -111,6 +111,10 @@ def build(cfg: DictConfig) -> Run:
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,
                      params=[*model.parameters(), *algorithm.learned.parameters()])
+    if getattr(optimizer, "needs_closure", False) and (task.kl is None
+                                                       or not hasattr(algorithm, "surrogate")):
+        raise UserError("outer=trpo bounds the KL between policies: it needs an RL task "
+                        "(task=navigation2d) and a MAML-based algorithm")
     schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr)
     return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer,
                EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True)), cfg.seed,

@@ -126,6 +126,13 @@ class Engine:
             raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
                             f"run with trainer.compile=false") from None
 
+    def surrogate(self, params, buffers, episode: Episode):
+        """The meta-batch's mean meta-objective and mean KL of its adapted policies from the
+        ones that drew its samples, differentiable (what outer=trpo's closure returns)."""
+        loss, kl = self.map_tasks(self.algorithm.surrogate, params, buffers, episode,
+                                  steps=self.steps)
+        return loss.mean(), kl.mean()
+
     def meta_backward(self, params, buffers, episode: Episode):
         """Accumulate the meta-gradient (of the mean query loss over the meta-batch) into the
         params' .grad; return that loss and the mean metrics, detached.

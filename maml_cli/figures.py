@@ -42,7 +42,8 @@ def navigation_paths(run: Run, seed: int, steps: tuple[int, ...] = (1, 3), rollo
         obs, packed = task.rollouts(lambda o, w=weights: functional_call(run.model, (w, buffers),
                                                                          (o,)),
                                     goal, rollouts, generator)
-        obs, mask = obs.view(rollouts, task.horizon, -1).cpu(), packed[:, -2].view(rollouts, -1)
+        mask = packed[:, task.columns["mask"]].view(rollouts, -1)
+        obs = obs.view(rollouts, task.horizon, -1).cpu()
         for r in range(rollouts):
             ran = obs[r, mask[r].bool().cpu()]
             ax.plot(ran[:, 0], ran[:, 1], color=color, alpha=0.7,

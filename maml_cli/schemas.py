@@ -146,6 +146,16 @@ class SGDConfig(OptimizerConfig):
     nesterov: bool = False
 
 
+@dataclass
+class TRPOConfig(Target):
+    lr: float = MISSING  # the fraction of the full trust-region step tried first
+    max_kl: float = MISSING
+    damping: float = MISSING
+    cg_iters: int = MISSING
+    backtrack: float = MISSING
+    line_search_steps: int = MISSING
+
+
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
              "miniimagenet": MiniImageNetConfig, "navigation2d": Navigation2DConfig},
@@ -153,7 +163,7 @@ SCHEMAS = {
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
                   "pretrain": Target, "protonet": Target},
     "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},
-    "outer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "outer": {"adam": AdamConfig, "sgd": SGDConfig, "trpo": TRPOConfig},
 }
 
 
@@ -270,6 +280,11 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("inner.steps", ">= 0", lambda v: v >= 0),
     ("inner.eval_steps", ">= 0", lambda v: v >= 0),
     ("outer.lr", "> 0", _positive),
+    ("outer.max_kl", "> 0", _positive),
+    ("outer.damping", ">= 0", lambda v: v >= 0),
+    ("outer.cg_iters", ">= 1", lambda v: v >= 1),
+    ("outer.backtrack", "in (0, 1)", lambda v: 0 < v < 1),
+    ("outer.line_search_steps", ">= 1", lambda v: v >= 1),
     ("trainer.iterations", ">= 0", lambda v: v >= 0),
     ("trainer.meta_batch_size", ">= 1", lambda v: v >= 1),
     ("trainer.stop_after", ">= 1, or null for trainer.iterations", lambda v: v >= 1),

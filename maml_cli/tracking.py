@@ -58,7 +58,9 @@ class Tracker:
                 "train/query_loss_post": means["loss_post"],
                 f"train/query_{metric}_pre": means["metric_pre"],
                 f"train/query_{metric}_post": means["metric_post"],
-                "perf/tasks_per_s": means["tasks_per_s"]})})
+                "perf/tasks_per_s": means["tasks_per_s"]}),
+            # The outer optimizer's own (TRPO: its KL, line-search steps, surrogate gain).
+            **{f"outer/{k}": v for k, v in means.items() if k not in STANDARD}})
 
     def figure(self, tag: str, figure, step: int) -> None:
         if self.writer:
@@ -112,6 +114,9 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     get_console().print(table)
 
 
+STANDARD = ("loss_pre", "loss_post", "metric_pre", "metric_post", "tasks_per_s")
+
+
 class Window:
     """The training metrics of one log window: summed on the device, read back (a sync) only
     when the window closes."""
@@ -159,7 +164,7 @@ def finish(run_dir: Path, metric: str, iterations: int, seconds: float, last: di
            steps: tuple[int, int]) -> None:
     """metrics.json (what sweep summaries read) and the console's closing table; `steps`: the
     inner steps in training and at validation."""
-    last = {k: v for k, v in last.items() if k != "tasks_per_s"}
+    last = {k: v for k, v in last.items() if k in STANDARD[:4]}
     files.write_json(run_dir / "metrics.json", {
         "iterations": iterations, "wall_s": round(seconds, 1), f"val_{metric}_untrained": untrained,
         f"val_{metric}_best": best, **{f"train_query_{k}": v for k, v in last.items()},

@@ -46,7 +46,11 @@ def main(cfg: DictConfig) -> float:
                         f"its own hydra.run.dir (or continue that run: resume={run_dir})")
     # The effective config (after resume) beside Hydra's own record of what was composed.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    return Trainer(build(cfg), run_dir, resume).fit()
+    run = build(cfg)
+    if world > 1 and getattr(run.optimizer, "needs_closure", False):
+        raise UserError("outer=trpo runs in one process (its line search evaluates the whole "
+                        "meta-batch again); run it without torchrun")
+    return Trainer(run, run_dir, resume).fit()
 
 
 cli = main_wrapper("maml-train", main)

@@ -127,6 +127,9 @@ class Trainer:
             self.consecutive_skips = 0
         else:
             self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad, it)
+        if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
+            run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
+            return metrics | run.optimizer.stats
         run.optimizer.step()
         return metrics
 

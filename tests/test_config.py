@@ -67,6 +67,11 @@ OUT_OF_RANGE = [
     ("+experiment=navigation2d_maml task.tolerance=-1", "task.tolerance"),
     ("+experiment=navigation2d_maml task.goal_range=[0.5,-0.5]", "task.goal_range"),
     ("+experiment=navigation2d_maml model.init_std=0", "model.init_std"),
+    ("+experiment=navigation2d_maml outer.max_kl=0", "outer.max_kl"),
+    ("+experiment=navigation2d_maml outer.damping=-1", "outer.damping"),
+    ("+experiment=navigation2d_maml outer.cg_iters=0", "outer.cg_iters"),
+    ("+experiment=navigation2d_maml outer.backtrack=1", "outer.backtrack"),
+    ("+experiment=navigation2d_maml outer.line_search_steps=0", "outer.line_search_steps"),
 ]
 
 

@@ -37,8 +37,14 @@ def body_params(params: Params, head_prefix: str) -> Params:
 class Algorithm:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  metric_fn: Callable[[Tensor, Tensor], Tensor], inner: SGD,
-                 num_classes: int | None = None, data_fn: Callable[..., TaskData] | None = None):
+                 num_classes: int | None = None, data_fn: Callable[..., TaskData] | None = None,
+                 objective_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 kl_fn: Callable[[Tensor, Tensor], Tensor] | None = None):
         self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
+        # The meta-objective's loss on the query (TaskFamily.query_loss: the inner loss, or RL's
+        # importance-weighted surrogate) and, for RL tasks, the KL between the policy that drew
+        # the query samples and the adapted one (what outer=trpo bounds).
+        self.objective_fn, self.kl_fn = objective_fn or loss_fn, kl_fn
         # The task's data from its episode tensors (TaskFamily.task_data): fixed support and query
         # sets, or rollouts of the policy being adapted.
         self.data_fn = data_fn or (lambda sx, sy, qx, qy, policy: FixedData(sx, sy, qx, qy))

@@ -44,10 +44,11 @@ class MAML(Algorithm):
     """
 
     def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
-                 first_order=False, first_order_until=0, adapt="all", lr_mode="fixed",
-                 per_step_norm=False, multi_step_loss=False, msl_iterations=0,
-                 inner_batch_size=None, head_init="learned"):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
+                 objective_fn=None, kl_fn=None, first_order=False, first_order_until=0,
+                 adapt="all", lr_mode="fixed", per_step_norm=False, multi_step_loss=False,
+                 msl_iterations=0, inner_batch_size=None, head_init="learned"):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
+                         kl_fn)
         if adapt == "head" and per_step_norm:
             raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
                             "the body runs once per task, not once per step")
@@ -181,11 +182,19 @@ class MAML(Algorithm):
         after = path[-1][1]()
         weights = self.step_weights(steps)
         if weights is None:
-            loss = self.loss_fn(*after)
+            loss = self.objective_fn(*after)
         else:
             outcomes = [query() for _, query in path[1:-1]] + [after]
-            loss = sum(w * self.loss_fn(*o) for w, o in zip(weights, outcomes))
+            loss = sum(w * self.objective_fn(*o) for w, o in zip(weights, outcomes))
         return loss, self.metrics(before, after)
+
+    def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        """One task's meta-objective and the KL of its adapted policy from the one that drew
+        its query samples, both differentiable in the meta-parameters (outer=trpo)."""
+        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
+                                    steps, self.detach_inner_grads))
+        after = path[-1][1]()
+        return self.objective_fn(*after), self.kl_fn(*after)
 
     def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         for _, query in self.trajectory(params, buffers, support_x, support_y, query_x, query_y,

@@ -14,8 +14,10 @@ class Pretrain(MAML):
     On image tasks the labels are each task's own shuffled class order, so joint training can
     only learn features, not a classifier; the paper ran this baseline on sinusoids only."""
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
+                 objective_fn=None, kl_fn=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
+                         kl_fn)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         data = self.data_fn(support_x, support_y, query_x, query_y,
@@ -25,3 +27,11 @@ class Pretrain(MAML):
         loss = self.loss_fn(out, torch.cat([support_y, query_y]))
         query = (out[support_x.shape[0]:], query_y)
         return loss, self.metrics(query, query)
+
+    def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        """The meta-objective and KL of the one policy, unadapted (outer=trpo)."""
+        data = self.data_fn(support_x, support_y, query_x, query_y,
+                            lambda p, x, step: self.forward(p, buffers, x))
+        x, y = data.query(0, params)
+        prediction = self.forward(params, buffers, x)
+        return self.objective_fn(prediction, y), self.kl_fn(prediction, y)

@@ -15,10 +15,12 @@ class ProtoNet(Algorithm):
     """The embedding is the model without its last layer (conv4's body: 64 features on
     Omniglot); the head is never used and its weights never change."""
 
-    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None):
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
+                 objective_fn=None, kl_fn=None):
         if num_classes is None:
             raise UserError("algorithm=protonet needs a classification task (one with task.ways)")
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn)
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
+                         kl_fn)
         self.body, _, self.head_prefix = split_head(model, "algorithm=protonet")
 
     def logits(self, params, buffers, support_x, support_y, query_x):

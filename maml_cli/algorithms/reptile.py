@@ -17,9 +17,9 @@ class Reptile(MAML):
     At test time it adapts exactly as MAML does."""
 
     def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
-                 inner_batch_size=None):
-        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn,
-                         first_order=True, inner_batch_size=inner_batch_size)
+                 objective_fn=None, kl_fn=None, inner_batch_size=None):
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
+                         kl_fn, first_order=True, inner_batch_size=inner_batch_size)
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         start = {k: p.detach() for k, p in params.items()}

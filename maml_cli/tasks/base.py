@@ -72,6 +72,13 @@ class TaskFamily(ABC):
     def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar metric of one task, the one validation and evaluation report."""
 
+    def query_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The meta-objective's loss on the query; the inner loss unless the task says
+        otherwise (RL: an importance-weighted surrogate)."""
+        return self.loss(prediction, target)
+
+    kl = None  # RL tasks: KL(sampling policy || predicted policy), for outer=trpo
+
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value a improves on b (None: nothing yet). NaN or inf never does."""
         return math.isfinite(a) and (b is None or (a > b if self.higher_is_better else a < b))

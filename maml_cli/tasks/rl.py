@@ -9,6 +9,11 @@ on each batch, the metric the average undiscounted return per rollout.
 Rollouts draw their action noise from generators seeded by the task (a seed drawn from the run's
 sampler with the goal, and the step), so a task's rollouts are a function of the policy alone:
 training resumes exactly, and maml-eval gives the same numbers for the same eval.seed.
+
+A sampled meta-batch's rollouts are drawn once, by the policy as it is when they are first
+asked for, and kept until the next batch is sampled: an outer optimizer that evaluates the
+meta-objective again at other meta-parameters (TRPO's line search) sees the same samples, with
+the sampling policy's Gaussian recorded beside each step for the importance weights and the KL.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ class RLTask(TaskFamily):
         super().__init__(device, data)
         self.shots, self.queries, self.horizon, self.discount = shots, queries, horizon, discount
         self.input_shape, self.num_outputs = (self.observation_size,), self.action_size
+        self.drawn: dict = {}
+        a = self.action_size  # the columns of a rollout step's target
+        self.columns = {"action": slice(0, a), "advantage": a, "mask": a + 1, "reward": a + 2,
+                        "old": slice(a + 3, 3 * a + 3)}
 
     @abstractmethod
     def goals(self, num_tasks: int, generator: torch.Generator) -> Tensor: ...
@@ -66,6 +75,7 @@ class RLTask(TaskFamily):
         generator seeds keep them apart. support/query x: the goal; y: the task's seed."""
         goal = self.goals(num_tasks, generator)
         seed = torch.randint(2**62, (num_tasks,), generator=generator, device=self.device)
+        self.drawn = {}  # (task seed, step, stream) -> rollouts, for this batch only
         return Episode(goal, seed, goal, seed)
 
     def task_data(self, support_x, support_y, query_x, query_y, policy) -> TaskData:
@@ -76,14 +86,15 @@ class RLTask(TaskFamily):
                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`count` rollouts of `policy` (observations -> Gaussian mean and log std): the
         observations [count * horizon, observation_size] and, per step, the action, its
-        advantage, whether the rollout was still running, and the reward, packed as
-        [count * horizon, action_size + 3]."""
+        advantage, whether the rollout was still running, the reward and the sampling policy's
+        mean and log std, packed as [count * horizon, 3 * action_size + 3] (self.columns)."""
         state = self.reset(goal, count)
         running = torch.ones(count, dtype=torch.bool, device=goal.device)
-        observations, actions, rewards, masks = [], [], [], []
+        observations, actions, rewards, masks, sampling = [], [], [], [], []
         for _ in range(self.horizon):
             observation = self.observe(state)
-            mean, log_std = policy(observation).split(self.action_size, dim=-1)
+            prediction = policy(observation)
+            mean, log_std = prediction.split(self.action_size, dim=-1)
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
             action = mean + log_std.exp() * noise
             state, _, reward, done = self.step(state, action, goal)
@@ -91,13 +102,14 @@ class RLTask(TaskFamily):
             actions.append(action)
             rewards.append(torch.where(running, reward, 0.0))
             masks.append(running)
+            sampling.append(prediction)
             running = running & ~done
         observations, actions = torch.stack(observations, 1), torch.stack(actions, 1)
         rewards = torch.stack(rewards, 1)
         masks = torch.stack(masks, 1).to(rewards.dtype)
         advantages = self.advantages(observations, rewards, masks)
         packed = torch.cat([actions, advantages[..., None], masks[..., None],
-                            rewards[..., None]], -1)
+                            rewards[..., None], torch.stack(sampling, 1)], -1)
         return observations.flatten(0, 1), packed.flatten(0, 1)
 
     def advantages(self, observations: Tensor, rewards: Tensor, masks: Tensor) -> Tensor:
@@ -120,16 +132,37 @@ class RLTask(TaskFamily):
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """REINFORCE: minus the mean over the steps that ran of log pi(a|s) times the
-        advantage."""
-        action, advantage, mask, _ = target.split([self.action_size, 1, 1, 1], dim=-1)
-        log_prob = self.log_prob(prediction, action)
-        return -(log_prob * advantage[..., 0] * mask[..., 0]).sum() / mask.sum()
+        """REINFORCE, the inner loss: minus the mean over the steps that ran of log pi(a|s)
+        times the advantage."""
+        c = self.columns
+        log_prob = self.log_prob(prediction, target[:, c["action"]])
+        mask = target[:, c["mask"]]
+        return -(log_prob * target[:, c["advantage"]] * mask).sum() / mask.sum()
+
+    def query_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """The meta-objective: the importance-weighted surrogate, pi(a|s) / pi_old(a|s) times the
+        advantage, with pi_old the policy that drew the samples. Its gradient where pi = pi_old
+        is REINFORCE's; elsewhere (a line search) it estimates the change in return."""
+        c = self.columns
+        action, mask = target[:, c["action"]], target[:, c["mask"]]
+        old = self.log_prob(target[:, c["old"]], action)
+        ratio = (self.log_prob(prediction, action) - old).exp()
+        return -(ratio * target[:, c["advantage"]] * mask).sum() / mask.sum()
+
+    def kl(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """KL(pi_old || pi) per state, averaged over the steps that ran."""
+        c, a = self.columns, self.action_size
+        mean, log_std = prediction.split(a, dim=-1)
+        old_mean, old_log_std = target[:, c["old"]].split(a, dim=-1)
+        per_state = (log_std - old_log_std + ((2 * old_log_std).exp() + (old_mean - mean) ** 2)
+                     / (2 * (2 * log_std).exp()) - 0.5).sum(-1)
+        mask = target[:, c["mask"]]
+        return (per_state * mask).sum() / mask.sum()
 
     def metric(self, prediction: Tensor, target: Tensor) -> Tensor:
         """The average undiscounted return of the rollouts (the policy's, not the prediction's:
         it is read from the rollouts themselves)."""
-        reward = target[..., -1]
+        reward = target[:, self.columns["reward"]]
         return reward.sum() / (reward.numel() / self.horizon)
 
 
@@ -154,20 +187,21 @@ def linear_baseline(observations: Tensor, returns: Tensor, masks: Tensor,
 
 
 class Rollouts(TaskData):
-    """One RL task's data: the rollouts of the policy after each inner step, each step's
-    drawn once (they are both the next step's support and that step's query)."""
+    """One RL task's data: the rollouts of the policy after each inner step (they are both the
+    next step's support and that step's query), drawn once per sampled batch."""
 
     def __init__(self, task: RLTask, goal: Tensor, seed: int, policy):
-        self.task, self.goal, self.seed, self.policy, self.made = task, goal, seed, policy, {}
+        self.task, self.goal, self.seed, self.policy = task, goal, seed, policy
 
     def _rollouts(self, step: int, params, count: int, stream: int):
-        if (step, stream) not in self.made:
+        key = (self.seed, step, stream)
+        if key not in self.task.drawn:
             seed = (self.seed + STEP_STRIDE * (2 * step + stream)) % 2**63
             generator = torch.Generator(self.goal.device).manual_seed(seed)
             weights = {k: v.detach() for k, v in params.items()}
-            self.made[step, stream] = self.task.rollouts(
+            self.task.drawn[key] = self.task.rollouts(
                 lambda obs: self.policy(weights, obs, step), self.goal, count, generator)
-        return self.made[step, stream]
+        return self.task.drawn[key]
 
     def support(self, step: int, params):
         return self._rollouts(step, params, self.task.shots, 0)

@@ -42,4 +42,6 @@ def test_a_model_that_does_not_fit_the_task_is_one_line(tmp_path):
                           "(model=gaussian_mlp), not MLP")
     assert_one_line_error(run_cli("maml-train", "model=gaussian_mlp", cwd=tmp_path),
                           "GaussianMLP is a policy, for reinforcement-learning tasks")
+    assert_one_line_error(run_cli("maml-train", "outer=trpo", cwd=tmp_path),
+                          "outer=trpo bounds the KL between policies: it needs an RL task")
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))

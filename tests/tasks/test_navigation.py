@@ -43,8 +43,9 @@ def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
     goal = torch.tensor([0.3, 0.4])  # 0.5 away: 5 steps of 0.1
     generator = torch.Generator().manual_seed(0)
     obs, packed = task.rollouts(policy_towards(goal, 0.1), goal, 2, generator)
-    assert obs.shape == (20, 2) and packed.shape == (20, 5)
-    mask, reward = packed[:10, 3], packed[:10, 4]
+    # action, advantage, mask, reward, and the sampling policy's mean and log std
+    assert obs.shape == (20, 2) and packed.shape == (20, 9)
+    mask, reward = packed[:10, task.columns["mask"]], packed[:10, task.columns["reward"]]
     assert mask.tolist() == [1.0] * 5 + [0.0] * 5
     want = [-0.4, -0.3, -0.2, -0.1, 0.0]
     torch.testing.assert_close(reward[:5], torch.tensor(want), atol=1e-5, rtol=0)
@@ -58,7 +59,7 @@ def test_advantages_are_normalised_over_the_steps_that_ran_and_zero_after():
     goal = torch.tensor([0.3, 0.4])
     _, packed = task.rollouts(policy_towards(goal, 0.07, log_std=-1.0), goal, 4,
                               torch.Generator().manual_seed(1))
-    advantage, mask = packed[:, 2], packed[:, 3].bool()
+    advantage, mask = packed[:, task.columns["advantage"]], packed[:, task.columns["mask"]].bool()
     assert advantage[mask].mean().abs() < 1e-5 and abs(advantage[mask].std() - 1) < 1e-4
     assert (advantage[~mask] == 0).all()
 
@@ -80,7 +81,7 @@ def test_the_policy_gradient_loss_is_minus_the_masked_mean_of_log_prob_times_adv
     prediction = torch.randn(6, 4, dtype=torch.float64)
     action, advantage = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     mask = torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.float64)
-    target = torch.cat([action, advantage[:, None], mask[:, None], torch.zeros(6, 1)], -1)
+    target = torch.cat([action, advantage[:, None], mask[:, None], torch.zeros(6, 5)], -1)
     normal = torch.distributions.Normal(prediction[:, :2], prediction[:, 2:].exp())
     want = -(normal.log_prob(action).sum(-1) * advantage)[:4].mean()
     torch.testing.assert_close(task.loss(prediction, target), want)
@@ -151,3 +152,21 @@ def test_rollouts_depend_only_on_the_policy_and_the_task_seed():
     assert curves[0].shape == (2, 3)
     with pytest.raises(UserError, match="engine=vmap cannot run this task's rollouts"):
         choose_strategy("vmap", model, torch.device("cpu"), task.vmappable)
+
+
+def test_the_meta_objective_is_importance_weighted_and_the_kl_is_the_gaussians():
+    task = Navigation2D()
+    torch.manual_seed(1)
+    new, old = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    action, advantage = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    mask = torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.float64)
+    target = torch.cat([action, advantage[:, None], mask[:, None], torch.zeros(6, 1), old], -1)
+
+    def normal(p):
+        return torch.distributions.Normal(p[:, :2], p[:, 2:].exp())
+
+    ratio = (normal(new).log_prob(action).sum(-1) - normal(old).log_prob(action).sum(-1)).exp()
+    ran = mask.bool()
+    torch.testing.assert_close(task.query_loss(new, target), -(ratio * advantage)[ran].mean())
+    kl = torch.distributions.kl_divergence(normal(old), normal(new)).sum(-1)
+    torch.testing.assert_close(task.kl(new, target), kl[ran].mean())

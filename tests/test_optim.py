@@ -1,0 +1,71 @@
+"""outer=trpo: the conjugate-gradient solve, the step scaled to the KL bound, the line search,
+and, on a tiny navigation policy, that its closure is the meta-objective the engine
+differentiates."""
+
+import math
+
+import torch
+
+from maml_cli.algorithms.inner import SGD
+from maml_cli.algorithms.maml import MAML
+from maml_cli.engine import Engine
+from maml_cli.optim import TRPO, conjugate_gradient
+from tests.tasks.test_navigation import tiny_case
+
+A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+C = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+
+def test_conjugate_gradient_solves_a_symmetric_positive_definite_system():
+    x = conjugate_gradient(lambda v: A @ v, C, iterations=10)
+    torch.testing.assert_close(A @ x, C)
+
+
+def trpo_step(quartic: float, max_kl=0.01):
+    """One TRPO step on loss -c.w with KL 0.5 d'Ad + quartic (d'Ad)^2, d = w - w0."""
+    w0 = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone())
+    optimizer = TRPO([w], max_kl=max_kl, damping=0.0)
+
+    def closure():
+        d = w - w0
+        quadratic = d @ A @ d
+        return -(C @ w), 0.5 * quadratic + quartic * quadratic ** 2
+
+    closure()[0].backward()
+    optimizer.step(closure)
+    return w.detach() - w0, closure, optimizer
+
+
+def test_the_full_step_is_the_natural_gradient_scaled_to_the_kl_bound():
+    step, closure, optimizer = trpo_step(quartic=0.0)
+    natural = torch.linalg.solve(A, C)
+    want = natural * math.sqrt(2 * 0.01 / (C @ natural))
+    torch.testing.assert_close(step, want)
+    assert optimizer.stats["trpo_line_search_steps"] == 1
+    assert abs(closure()[1].item() - 0.01) < 1e-9
+
+
+def test_the_line_search_backtracks_until_the_kl_is_within_its_bound():
+    step, closure, optimizer = trpo_step(quartic=50.0)
+    tried = int(optimizer.stats["trpo_line_search_steps"])
+    assert tried > 1 and closure()[1].item() <= 0.01
+    natural = torch.linalg.solve(A, C)
+    full = natural * math.sqrt(2 * 0.01 / (C @ natural))
+    torch.testing.assert_close(step, full * 0.8 ** (tried - 1))  # the first fraction that fits
+
+
+def test_trpo_closure_on_a_policy_is_the_meta_objective_at_zero_kl():
+    task, model, episode = tiny_case()
+    algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data,
+                     objective_fn=task.query_loss, kl_fn=task.kl)
+    engine = Engine(algorithm, "loop")
+    params = dict(model.named_parameters())
+    loss, _ = engine.meta_backward(params, {}, episode)
+    grads = [p.grad.clone() for p in params.values()]
+    surrogate, kl = engine.surrogate(params, {}, episode)  # the same samples, kept for the batch
+    torch.testing.assert_close(surrogate, loss)
+    assert abs(kl.item()) < 1e-12
+    again = torch.autograd.grad(surrogate, list(params.values()))
+    for g, h in zip(grads, again):
+        torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-12)
