@@ -59,6 +59,8 @@ class Tracker:
                 f"train/query_{metric}_pre": means["metric_pre"],
                 f"train/query_{metric}_post": means["metric_post"],
                 "perf/tasks_per_s": means["tasks_per_s"]}),
+            **({"perf/env_steps_per_s": means["env_steps_per_s"]}
+               if "env_steps_per_s" in means else {}),
             # The outer optimizer's own (TRPO: its KL, line-search steps, surrogate gain).
             **{f"outer/{k}": v for k, v in means.items() if k not in STANDARD}})
 
@@ -114,15 +116,22 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     get_console().print(table)
 
 
-STANDARD = ("loss_pre", "loss_post", "metric_pre", "metric_post", "tasks_per_s")
+STANDARD = ("loss_pre", "loss_post", "metric_pre", "metric_post", "tasks_per_s",
+            "env_steps_per_s")
 
 
 class Window:
     """The training metrics of one log window: summed on the device, read back (a sync) only
-    when the window closes."""
+    when the window closes. `env_steps`: RL tasks' count of environment steps simulated so
+    far (training and validation), for a throughput in environment steps per second."""
 
-    def __init__(self):
+    def __init__(self, env_steps=None):
+        self.env_steps = env_steps
+        self._start()
+
+    def _start(self) -> None:
         self.sums, self.iterations, self.started = {}, 0, time.perf_counter()
+        self.steps_at_start = self.env_steps() if self.env_steps else 0
 
     def add(self, metrics: dict | None) -> None:
         if metrics is not None:  # None: a meta-batch skipped by nan_policy=skip
@@ -130,17 +139,18 @@ class Window:
             self.iterations += 1
 
     def close(self, group: distributed.Group, meta_batch_size: int) -> dict[str, float]:
-        """The window's mean metrics over every rank, with tasks_per_s ({} when every
-        meta-batch was skipped); the next window starts."""
-        means = {}
+        """The window's mean metrics over every rank, with tasks_per_s (and env_steps_per_s);
+        {} when every meta-batch was skipped. The next window starts."""
+        means, elapsed = {}, time.perf_counter() - self.started
         if self.iterations:
             means = {k: v / self.iterations for k, v in self.sums.items()}
             if group.world > 1:
                 means = distributed.average_metrics(means, group.share(meta_batch_size))
             means = {k: v.item() for k, v in means.items()}
-            means["tasks_per_s"] = (self.iterations * meta_batch_size
-                                    / (time.perf_counter() - self.started))
-        self.__init__()
+            means["tasks_per_s"] = self.iterations * meta_batch_size / elapsed
+            if self.env_steps:
+                means["env_steps_per_s"] = (self.env_steps() - self.steps_at_start) / elapsed
+        self._start()
         return means
 
 

@@ -59,7 +59,8 @@ class Trainer:
     def fit(self) -> float | None:
         """Train to trainer.iterations (or stop_after); the best validation metric."""
         run, tc, p, main = self.run, self.run.trainer, self.progress, self.group.main
-        started, window, last, untrained = time.perf_counter(), Window(), {}, None
+        started, last, untrained = time.perf_counter(), {}, None
+        window = Window(getattr(run.task, "env_steps_simulated", None))
         # The tracker closes (flushing its events) on every way out, errors and signals too.
         with Tracker(self.run_dir / "tb" if main else None) as tracker, \
                 progress("meta-train", show=main) as bar, stop_requests() as stop:

@@ -52,6 +52,7 @@ class RLTask(TaskFamily):
         self.shots, self.queries, self.horizon, self.discount = shots, queries, horizon, discount
         self.input_shape, self.num_outputs = (self.observation_size,), self.action_size
         self.drawn: dict = {}
+        self.simulated = 0  # environment steps stepped so far, for perf/env_steps_per_s
         a = self.action_size  # the columns of a rollout step's target
         self.columns = {"action": slice(0, a), "advantage": a, "mask": a + 1, "reward": a + 2,
                         "old": slice(a + 3, 3 * a + 3)}
@@ -66,6 +67,9 @@ class RLTask(TaskFamily):
     @abstractmethod
     def step(self, state: Tensor, action: Tensor, goal: Tensor):
         """(next state, its observation, reward, done), each with the rollouts first."""
+
+    def env_steps_simulated(self) -> int:
+        return self.simulated
 
     def observe(self, state: Tensor) -> Tensor:
         return state
@@ -89,6 +93,7 @@ class RLTask(TaskFamily):
         advantage, whether the rollout was still running, the reward and the sampling policy's
         mean and log std, packed as [count * horizon, 3 * action_size + 3] (self.columns)."""
         state = self.reset(goal, count)
+        self.simulated += count * self.horizon
         running = torch.ones(count, dtype=torch.bool, device=goal.device)
         observations, actions, rewards, masks, sampling = [], [], [], [], []
         for _ in range(self.horizon):

@@ -5,6 +5,7 @@ import json
 import math
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import assert_one_line_error, ok, run_cli
 from tests.reliability.test_resume import assert_same_state
@@ -28,6 +29,16 @@ def test_navigation_trains_evaluates_and_resumes_exactly(tmp_path):
                       {k: v for k, v in resumed.items() if k != "config"})
     assert set(full["model"]) == {"log_std", "mean.1.weight", "mean.1.bias", "mean.3.weight",
                                   "mean.3.bias", "mean.5.weight", "mean.5.bias"}
+
+    events = EventAccumulator(str(tmp_path / "full" / "tb"))
+    events.Reload()
+    # TensorBoard: returns before and after adaptation, TRPO's step, environment throughput.
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/query_return_pre", "train/query_return_post", "outer/trpo_kl",
+            "outer/trpo_line_search_steps", "perf/env_steps_per_s"} <= scalars
+    kl = [e.value for e in events.Scalars("outer/trpo_kl")]
+    assert all(0 <= v <= 0.01 + 1e-6 for v in kl), kl
+    assert all(e.value > 0 for e in events.Scalars("perf/env_steps_per_s"))
 
     ok(run_cli("maml-eval", "checkpoint=full", "eval.tasks=6", cwd=tmp_path))
     report = json.loads((tmp_path / "full/checkpoints/eval.json").read_text())
