@@ -62,7 +62,7 @@ class Tracker:
             **({"perf/env_steps_per_s": means["env_steps_per_s"]}
                if "env_steps_per_s" in means else {}),
             # The outer optimizer's own (TRPO: its KL, line-search steps, surrogate gain).
-            **{f"outer/{k}": v for k, v in means.items() if k not in STANDARD}})
+            **{f"outer/{k}": v for k, v in means.items() if k not in METRICS + THROUGHPUT}})
 
     def figure(self, tag: str, figure, step: int) -> None:
         if self.writer:
@@ -116,8 +116,10 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     get_console().print(table)
 
 
-STANDARD = ("loss_pre", "loss_post", "metric_pre", "metric_post", "tasks_per_s",
-            "env_steps_per_s")
+# The algorithm's metrics of every meta-batch, and the window's throughputs; any other key of a
+# window is the outer optimizer's own (TRPO's).
+METRICS = ("loss_pre", "loss_post", "metric_pre", "metric_post")
+THROUGHPUT = ("tasks_per_s", "env_steps_per_s")
 
 
 class Window:
@@ -174,7 +176,7 @@ def finish(run_dir: Path, metric: str, iterations: int, seconds: float, last: di
            steps: tuple[int, int]) -> None:
     """metrics.json (what sweep summaries read) and the console's closing table; `steps`: the
     inner steps in training and at validation."""
-    last = {k: v for k, v in last.items() if k in STANDARD[:4]}
+    last = {k: v for k, v in last.items() if k in METRICS}
     files.write_json(run_dir / "metrics.json", {
         "iterations": iterations, "wall_s": round(seconds, 1), f"val_{metric}_untrained": untrained,
         f"val_{metric}_best": best, **{f"train_query_{k}": v for k, v in last.items()},

@@ -49,6 +49,10 @@ class MAML(Algorithm):
                  msl_iterations=0, inner_batch_size=None, head_init="learned"):
         super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
                          kl_fn)
+        if inner.later_lr is not None and lr_mode != "fixed":
+            raise UserError("inner.later_lr sets the fixed rate of later inner steps; with "
+                            f"algorithm.lr_mode={lr_mode} the rates are learned (use one or "
+                            "the other)")
         if adapt == "head" and per_step_norm:
             raise UserError("algorithm.per_step_norm needs algorithm.adapt=all: with adapt=head "
                             "the body runs once per task, not once per step")
@@ -174,9 +178,13 @@ class MAML(Algorithm):
             # MAML++'s indexing: the query after step s+1 uses the norm row of step s.
             yield fast, lambda p=fast, s=step: query(p, s + 1, s)
 
+    def _training_path(self, params, buffers, *task, steps: int):
+        """The trajectory as this iteration trains it (first or second order)."""
+        return list(self.trajectory(params, buffers, *task, steps, self.detach_inner_grads))
+
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
-                                    steps, self.detach_inner_grads))
+        path = self._training_path(params, buffers, support_x, support_y, query_x, query_y,
+                                   steps=steps)
         with torch.no_grad():
             before = path[0][1]()
         after = path[-1][1]()
@@ -191,9 +199,8 @@ class MAML(Algorithm):
     def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """One task's meta-objective and the KL of its adapted policy from the one that drew
         its query samples, both differentiable in the meta-parameters (outer=trpo)."""
-        path = list(self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
-                                    steps, self.detach_inner_grads))
-        after = path[-1][1]()
+        after = self._training_path(params, buffers, support_x, support_y, query_x, query_y,
+                                    steps=steps)[-1][1]()
         return self.objective_fn(*after), self.kl_fn(*after)
 
     def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):

@@ -33,7 +33,7 @@ class Navigation2D(RLTask):
         return goal.new_zeros(rollouts, 2)
 
     def step(self, state, action, goal):
-        """(next state, its observation, reward, done) for every rollout at once."""
+        """(next state, reward, done) for every rollout at once."""
         state = state + action.clamp(-self.max_step, self.max_step)
         distance = (state - goal).norm(dim=-1)
-        return state, state, -distance, distance < self.tolerance
+        return state, -distance, distance < self.tolerance

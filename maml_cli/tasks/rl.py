@@ -66,7 +66,8 @@ class RLTask(TaskFamily):
 
     @abstractmethod
     def step(self, state: Tensor, action: Tensor, goal: Tensor):
-        """(next state, its observation, reward, done), each with the rollouts first."""
+        """(next state, reward, done), each with the rollouts first; observe() gives the
+        policy's view of a state."""
 
     def env_steps_simulated(self) -> int:
         return self.simulated
@@ -102,7 +103,7 @@ class RLTask(TaskFamily):
             mean, log_std = prediction.split(self.action_size, dim=-1)
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
             action = mean + log_std.exp() * noise
-            state, _, reward, done = self.step(state, action, goal)
+            state, reward, done = self.step(state, action, goal)
             observations.append(observation)
             actions.append(action)
             rewards.append(torch.where(running, reward, 0.0))

@@ -305,3 +305,9 @@ def test_later_inner_steps_take_inner_later_lr(strategy):
                                     range(len(weights))), weights)
     meta_gradient(algorithm, model, episode, strategy)
     assert_close(engine_grads(weights), want)
+
+
+def test_later_lr_with_learned_rates_is_one_line():
+    model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
+    with pytest.raises(UserError, match="inner.later_lr sets the fixed rate of later inner steps"):
+        MAML(model, loss_fn, metric_fn, SGD(LR, steps=2, later_lr=LR / 2), lr_mode="per_parameter")

@@ -21,9 +21,9 @@ def test_a_step_moves_by_the_clipped_action_and_rewards_minus_the_distance_after
     goal = torch.tensor([0.3, -0.2])
     state = torch.tensor([[0.0, 0.0], [0.25, -0.2]])
     action = torch.tensor([[0.5, 0.05], [0.05, 0.0]])
-    state, observation, reward, done = task.step(state, action, goal)
+    state, reward, done = task.step(state, action, goal)
     torch.testing.assert_close(state, torch.tensor([[0.1, 0.05], [0.3, -0.2]]))
-    torch.testing.assert_close(observation, state)
+    torch.testing.assert_close(task.observe(state), state)
     torch.testing.assert_close(reward, -torch.tensor([math.hypot(0.2, 0.25), 0.0]))
     assert done.tolist() == [False, True]  # within 0.01 of the goal
 
