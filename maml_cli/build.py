@@ -94,7 +94,8 @@ def build(cfg: DictConfig) -> Run:
             f"{type(task).__name__} is a reinforcement-learning task: it needs a policy "
             f"(model=gaussian_mlp), not {type(model).__name__}" if task.needs_policy else
             f"{type(model).__name__} is a policy, for reinforcement-learning tasks "
-            f"(task=navigation2d); {type(task).__name__} needs model=mlp or conv4")
+            f"(task=navigation2d, halfcheetah_vel, halfcheetah_dir); {type(task).__name__} "
+            "needs model=mlp or conv4")
     # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
     # Without them it normalises with batch statistics in training and test alike, as conv4's
     # norm and MAML's reference code do.
@@ -114,7 +115,8 @@ def build(cfg: DictConfig) -> Run:
     if getattr(optimizer, "needs_closure", False) and (task.kl is None
                                                        or not hasattr(algorithm, "surrogate")):
         raise UserError("outer=trpo bounds the KL between policies: it needs an RL task "
-                        "(task=navigation2d) and a MAML-based algorithm")
+                        "(task=navigation2d, halfcheetah_vel, halfcheetah_dir) and a MAML-based "
+                        "algorithm")
     schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr)
     return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer,
                EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True)), cfg.seed,

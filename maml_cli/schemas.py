@@ -73,6 +73,19 @@ class Navigation2DConfig(TaskConfig):
     goal_range: list[float] = MISSING
     max_step: float = MISSING
     tolerance: float = MISSING
+    scale_actions: bool = MISSING
+
+
+@dataclass
+class HalfCheetahConfig(TaskConfig):
+    horizon: int = MISSING
+    discount: float = MISSING
+    ctrl_cost: float = MISSING
+
+
+@dataclass
+class HalfCheetahVelocityConfig(HalfCheetahConfig):
+    goal_range: list[float] = MISSING
 
 
 @dataclass
@@ -158,7 +171,8 @@ class TRPOConfig(Target):
 
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
-             "miniimagenet": MiniImageNetConfig, "navigation2d": Navigation2DConfig},
+             "miniimagenet": MiniImageNetConfig, "navigation2d": Navigation2DConfig,
+             "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "gaussian_mlp": GaussianMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
                   "pretrain": Target, "protonet": Target},
@@ -321,6 +335,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.discount", "in [0, 1]", lambda v: 0 <= v <= 1),
     ("task.max_step", "> 0", _positive),
     ("task.tolerance", *at_least(0)),
+    ("task.ctrl_cost", *at_least(0)),
     ("task.goal_range", "two numbers, low < high", lambda v: len(v) == 2 and v[0] < v[1]),
     ("model.init_std", "> 0", _positive),
 ]

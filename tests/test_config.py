@@ -67,6 +67,7 @@ OUT_OF_RANGE = [
     ("+experiment=navigation2d_maml task.tolerance=-1", "task.tolerance"),
     ("+experiment=navigation2d_maml task.goal_range=[0.5,-0.5]", "task.goal_range"),
     ("+experiment=navigation2d_maml model.init_std=0", "model.init_std"),
+    ("+experiment=halfcheetah_vel_maml task.ctrl_cost=-0.1", "task.ctrl_cost"),
     ("+experiment=navigation2d_maml outer.max_kl=0", "outer.max_kl"),
     ("+experiment=navigation2d_maml outer.damping=-1", "outer.damping"),
     ("+experiment=navigation2d_maml outer.cg_iters=0", "outer.cg_iters"),
@@ -90,7 +91,8 @@ def test_every_rule_is_tried_and_documented():
 
 def test_every_rule_names_a_real_key():
     configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"),
-               compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"))
+               compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"),
+               compose_train("+experiment=halfcheetah_vel_maml"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key

@@ -61,8 +61,9 @@ class RLTask(TaskFamily):
     def goals(self, num_tasks: int, generator: torch.Generator) -> Tensor: ...
 
     @abstractmethod
-    def reset(self, goal: Tensor, rollouts: int) -> Tensor:
-        """The start state of `rollouts` rollouts of the task with this goal."""
+    def reset(self, goal: Tensor, rollouts: int, generator: torch.Generator) -> Tensor:
+        """The start state of `rollouts` rollouts of the task with this goal, any randomness
+        drawn from `generator`."""
 
     @abstractmethod
     def step(self, state: Tensor, action: Tensor, goal: Tensor):
@@ -93,7 +94,7 @@ class RLTask(TaskFamily):
         observations [count * horizon, observation_size] and, per step, the action, its
         advantage, whether the rollout was still running, the reward and the sampling policy's
         mean and log std, packed as [count * horizon, 3 * action_size + 3] (self.columns)."""
-        state = self.reset(goal, count)
+        state = self.reset(goal, count, generator)
         self.simulated += count * self.horizon
         running = torch.ones(count, dtype=torch.bool, device=goal.device)
         observations, actions, rewards, masks, sampling = [], [], [], [], []

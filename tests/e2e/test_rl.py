@@ -1,5 +1,6 @@
-"""Meta-RL through the real console scripts: maml-train on 2D navigation, maml-eval on its
-checkpoint, exact resume, and the one-line errors of a model that does not fit the task."""
+"""Meta-RL through the real console scripts: maml-train on 2D navigation and the half cheetah,
+maml-eval on their checkpoints, exact resume, and the one-line errors of a model that does not fit
+the task."""
 
 import json
 import math
@@ -47,6 +48,20 @@ def test_navigation_trains_evaluates_and_resumes_exactly(tmp_path):
     assert all(math.isfinite(r["mean"]) and -15 < r["mean"] <= 0 for r in report["results"])
     # The paper's navigation panel: paths before and after adaptation, with the goal.
     assert (tmp_path / "full/checkpoints/eval_paths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_half_cheetah_trains_and_evaluates_without_mujocos_model_warning(tmp_path):
+    tiny = ["+experiment=halfcheetah_dir_maml", "task.horizon=10", "task.shots=3",
+            "task.queries=3", "trainer.meta_batch_size=2", "trainer.iterations=2",
+            "trainer.val_every=2", "trainer.val_tasks=2", "device=cpu", "device.threads=1"]
+    trained = ok(run_cli("maml-train", *tiny, "hydra.run.dir=run", cwd=tmp_path))
+    evaluated = ok(run_cli("maml-eval", "checkpoint=run", "eval.tasks=4", cwd=tmp_path))
+    for result in (trained, evaluated):
+        assert "settotalmass" not in result.stdout + result.stderr
+    report = json.loads((tmp_path / "run/checkpoints/eval.json").read_text())
+    assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
+    # 10 steps of at most a few metres per second each way, less the control cost.
+    assert all(math.isfinite(r["mean"]) and abs(r["mean"]) < 100 for r in report["results"])
 
 
 def test_a_model_that_does_not_fit_the_task_is_one_line(tmp_path):

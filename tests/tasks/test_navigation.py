@@ -17,7 +17,7 @@ from maml_cli.tasks.rl import linear_baseline
 
 
 def test_a_step_moves_by_the_clipped_action_and_rewards_minus_the_distance_after_it():
-    task = Navigation2D()
+    task = Navigation2D(scale_actions=False)
     goal = torch.tensor([0.3, -0.2])
     state = torch.tensor([[0.0, 0.0], [0.25, -0.2]])
     action = torch.tensor([[0.5, 0.05], [0.05, 0.0]])
@@ -28,8 +28,20 @@ def test_a_step_moves_by_the_clipped_action_and_rewards_minus_the_distance_after
     assert done.tolist() == [False, True]  # within 0.01 of the goal
 
 
+def test_scaled_actions_move_max_step_per_unit_then_clip_as_the_papers_code():
+    task = Navigation2D()  # rllab's normalize: [-1, 1] onto [-0.1, 0.1], then clipped
+    goal = torch.tensor([0.3, -0.2])
+    state = torch.tensor([[0.0, 0.0], [0.2, -0.2]])
+    action = torch.tensor([[0.5, -3.0], [1.0, 0.0]])
+    state, reward, done = task.step(state, action, goal)
+    torch.testing.assert_close(state, torch.tensor([[0.05, -0.1], [0.3, -0.2]]))
+    torch.testing.assert_close(reward, -torch.tensor([math.hypot(0.25, 0.1), 0.0]))
+    assert done.tolist() == [False, True]
+
+
 def policy_towards(goal, speed, log_std=-20.0):
-    """A deterministic-in-effect policy that moves `speed` per step straight at the goal."""
+    """A deterministic-in-effect policy that moves `speed` per step straight at the goal (in
+    action units: 1 is Navigation2D's max_step of 0.1)."""
     def policy(observation):
         to_goal = goal - observation
         direction = to_goal / to_goal.norm(dim=-1, keepdim=True).clamp(min=1e-9)
@@ -42,7 +54,7 @@ def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
     task = Navigation2D(horizon=10)
     goal = torch.tensor([0.3, 0.4])  # 0.5 away: 5 steps of 0.1
     generator = torch.Generator().manual_seed(0)
-    obs, packed = task.rollouts(policy_towards(goal, 0.1), goal, 2, generator)
+    obs, packed = task.rollouts(policy_towards(goal, 1.0), goal, 2, generator)
     # action, advantage, mask, reward, and the sampling policy's mean and log std
     assert obs.shape == (20, 2) and packed.shape == (20, 9)
     mask, reward = packed[:10, task.columns["mask"]], packed[:10, task.columns["reward"]]
@@ -57,7 +69,7 @@ def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
 def test_advantages_are_normalised_over_the_steps_that_ran_and_zero_after():
     task = Navigation2D(horizon=10)
     goal = torch.tensor([0.3, 0.4])
-    _, packed = task.rollouts(policy_towards(goal, 0.07, log_std=-1.0), goal, 4,
+    _, packed = task.rollouts(policy_towards(goal, 0.7, log_std=-1.0), goal, 4,
                               torch.Generator().manual_seed(1))
     advantage, mask = packed[:, task.columns["advantage"]], packed[:, task.columns["mask"]].bool()
     assert advantage[mask].mean().abs() < 1e-5 and abs(advantage[mask].std() - 1) < 1e-4
