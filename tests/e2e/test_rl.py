@@ -4,6 +4,7 @@ the task."""
 
 import json
 import math
+import os
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -62,6 +63,19 @@ def test_half_cheetah_trains_and_evaluates_without_mujocos_model_warning(tmp_pat
     assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
     # 10 steps of at most a few metres per second each way, less the control cost.
     assert all(math.isfinite(r["mean"]) and abs(r["mean"]) < 100 for r in report["results"])
+
+
+def test_without_the_rl_extra_a_locomotion_task_is_one_line_saying_how_to_install_it(tmp_path):
+    # A gymnasium that cannot be imported shadows the installed one, as on a machine without it.
+    shadow = tmp_path / "shadow" / "gymnasium"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'gymnasium'\", name='gymnasium')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    assert_one_line_error(run_cli("maml-train", "+experiment=halfcheetah_vel_maml", env=env,
+                                  cwd=tmp_path),
+                          "the locomotion tasks need the [rl] extra (gymnasium is not installed): "
+                          "pip install 'maml-cli[rl]'")
 
 
 def test_a_model_that_does_not_fit_the_task_is_one_line(tmp_path):
