@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from maml_cli.schemas import EvalConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ROOT / "benchmarks" / "rows.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "rows"
@@ -188,6 +190,8 @@ def table(rows: dict[str, dict], results: Path) -> str:
         by_steps = {r["steps"]: r for r in report["results"]}
         ours = "; ".join(f"{fmt(report['metric'], by_steps[s])} ({s})"
                          for s in record["show_steps"] if s in by_steps)
+        if report["tasks"] != EvalConfig.tasks:  # the table's stated default
+            ours += f"; {report['tasks']} test tasks"
         planned, done = record["iterations_planned"], record["iterations_done"]
         iterations = (f"{done:,} of {planned:,} (**stopped early**)" if done < planned
                       else f"{done:,}")

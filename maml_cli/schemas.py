@@ -67,9 +67,13 @@ class MiniImageNetConfig(ImageTaskConfig):
 
 
 @dataclass
-class Navigation2DConfig(TaskConfig):
+class RLTaskConfig(TaskConfig):
     horizon: int = MISSING
     discount: float = MISSING
+
+
+@dataclass
+class Navigation2DConfig(RLTaskConfig):
     goal_range: list[float] = MISSING
     max_step: float = MISSING
     tolerance: float = MISSING
@@ -77,9 +81,7 @@ class Navigation2DConfig(TaskConfig):
 
 
 @dataclass
-class HalfCheetahConfig(TaskConfig):
-    horizon: int = MISSING
-    discount: float = MISSING
+class HalfCheetahConfig(RLTaskConfig):
     ctrl_cost: float = MISSING
 
 
