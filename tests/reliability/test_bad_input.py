@@ -9,7 +9,8 @@ from tests.helpers import assert_one_line_error, run_cli
 
 TRAIN_CASES = [
     (["task=nope"],
-     "unknown task 'nope' (choose from: miniimagenet, mnist, navigation2d, omniglot, sinusoid)"),
+     "unknown task 'nope' (choose from: halfcheetah_dir, halfcheetah_vel, miniimagenet, mnist, "
+     "navigation2d, omniglot, sinusoid)"),
     (["algorithm=maml,nope"], "unknown algorithm 'nope'"),
     (["inner.lr=-0.1"], "inner.lr must be > 0 (got -0.1)"),
     (["outer.lr=0"], "outer.lr must be > 0"),
