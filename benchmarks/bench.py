@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import higher
 import torch
@@ -39,7 +40,10 @@ from maml_cli.algorithms.reptile import Reptile
 from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
+from maml_cli.models.gaussian_mlp import GaussianMLP
 from maml_cli.models.mlp import MLP
+from maml_cli.optim import TRPO
+from maml_cli.tasks.navigation import Navigation2D
 
 
 @dataclass
@@ -333,6 +337,52 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
             "rows": rows}
 
 
+RL_DESCRIPTION = ("one meta-iteration of the 2D-navigation preset by phase (second-order MAML, "
+                  "20 goals x 20 rollouts x 100 steps, TRPO)")
+
+
+def bench_rl(device: torch.device, tasks: int = 20, rollouts: int = 20, horizon: int = 100,
+             repeats: int = 3) -> dict:
+    """R1, RL_DESCRIPTION, timed alternately: the batch's collection in lock-step
+    against one task at a time (each task's rollouts, then its inner step, then the next task:
+    what learn2learn's and pytorch-maml-rl's samplers do), and the meta-update (meta-gradient
+    and TRPO step) under each strategy."""
+    torch.manual_seed(0)
+    task = Navigation2D(shots=rollouts, queries=rollouts, horizon=horizon, device=device)
+    model = GaussianMLP(task.input_shape, task.num_outputs).to(device)
+    params = dict(model.named_parameters())
+    algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data,
+                     objective_fn=task.query_loss, kl_fn=task.kl)
+    episode = task.sample("train", tasks, torch.Generator(device).manual_seed(0))
+    engines = {strategy: Engine(algorithm, strategy, task=task) for strategy in STRATEGIES}
+    collected = engines["loop"].collect(params, {}, episode)
+    start = [p.detach().clone() for p in params.values()]
+    optimizer = TRPO(params.values())
+
+    def update(engine):
+        for p in params.values():
+            p.grad = None
+        engine.meta_backward(params, {}, collected)
+        optimizer.step(lambda: engine.surrogate(params, {}, collected))
+        with torch.no_grad():  # every repeat steps from the same meta-parameters
+            for p, s in zip(params.values(), start):
+                p.copy_(s)
+
+    runs = {"collect, lock-step": lambda: engines["loop"].collect(params, {}, episode),
+            "collect, one task at a time": lambda: [engines["loop"].collect(
+                params, {}, episode[t:t + 1]) for t in range(episode.num_tasks)]}
+    runs |= {f"meta-update, {strategy}": partial(update, engine)
+             for strategy, engine in engines.items()}
+    for run in runs.values():
+        run()  # warm-up
+    times = alternate(runs, repeats, device)
+    rows = {label: {"ms": 1000 * statistics.median(t)} for label, t in times.items()}
+    return {"workload": "R1", "description": RL_DESCRIPTION,
+            "engine": choose_strategy("auto", model, device), "rows": rows,
+            "x_lock_step": rows["collect, one task at a time"]["ms"]
+            / rows["collect, lock-step"]["ms"]}
+
+
 def machine(device: torch.device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "higher": importlib.metadata.version("higher"), "threads": torch.get_num_threads(),
@@ -382,6 +432,19 @@ def show_algorithms(results: list[dict]) -> None:
         console.print(table)
 
 
+def show_rl(results: list[dict]) -> None:
+    console = Console(width=150)
+    for r in results:
+        table = Table(title=f"{r['workload']}: {r['description']} (auto: {r['engine']})",
+                      title_justify="left")
+        table.add_column("phase")
+        table.add_column("ms", justify="right")
+        for label, row in r["rows"].items():
+            table.add_row(label, f"{row['ms']:.0f}")
+        console.print(table)
+        console.print(f"lock-step collection: {r['x_lock_step']:.2f}x one task at a time")
+
+
 def markdown(data: dict) -> str:
     """docs/performance.md's tables from a results file."""
     lines = []
@@ -409,6 +472,12 @@ def markdown(data: dict) -> str:
         lines += [f"| {label} | {row['ms']:.2f} | {row['it_per_s']:.2f} | {row['x_maml']:.2f} |"
                   for label, row in r["rows"].items()]
         lines.append("")
+    for r in data.get("rl", []):
+        lines += [f"**{r['workload']}**: {r['description']} (`engine=auto`: {r['engine']}); "
+                  f"lock-step collection {r['x_lock_step']:.2f}x one task at a time", "",
+                  "| phase | ms |", "|---|---|"]
+        lines += [f"| {label} | {row['ms']:.0f} |" for label, row in r["rows"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -419,6 +488,8 @@ def main() -> None:
     parser.add_argument("--orders", default="second,first")
     parser.add_argument("--algorithms", default="W1,W2",
                         help="workloads to time every algorithm on ('' for none)")
+    parser.add_argument("--rl", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the 2D-navigation meta-iteration by phase (R1)")
     parser.add_argument("--compile", default=None,
                         help="workloads on which to also time the auto strategy under "
                              "trainer.compile (default: W1,W2 on CPU, where compiling W3 takes "
@@ -445,13 +516,15 @@ def main() -> None:
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
+    rl = [bench_rl(device)] if args.rl else []
     info = machine(device)
     show(results, info, device)
     show_algorithms(algorithms)
+    show_rl(rl)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": str(device), "machine": info, "results": results,
-                       "algorithms": algorithms}, f, indent=1)
+                       "algorithms": algorithms, "rl": rl}, f, indent=1)
 
 
 if __name__ == "__main__":

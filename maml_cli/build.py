@@ -106,8 +106,8 @@ def build(cfg: DictConfig) -> Run:
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
         data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )
-    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device, task.vmappable),
-                    choose_compile(cfg.trainer.compile, device), cfg.trainer.amp)
+    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device),
+                    choose_compile(cfg.trainer.compile, device), cfg.trainer.amp, task)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,

@@ -3,11 +3,12 @@
 `vmap` runs all tasks as one batched computation (torch.func.vmap); `loop` runs them one after
 another. `auto` picks from what benchmarks/bench.py measured (docs/performance.md): vmap on CUDA
 (conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
-sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower. Models
+sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower, and
+for RL policies on CPU (R1: the loop 1.2x vmap on the 2D-navigation meta-update). Models
 with torch's own batch norm always get the loop, and engine=vmap refuses them: its second-order
 gradients under vmap are wrong (conv4's hand-written batch norm is exact under both). Either
-strategy can be compiled (trainer.compile).
-"""
+strategy can be compiled (trainer.compile). An RL task's batch is collected first (collect()):
+from then on it is data like any other, under either strategy."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch.func import vmap
 
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
+from maml_cli.tasks.base import TaskFamily
 
 STRATEGIES = ("vmap", "loop")
 AMP_DTYPES = {"bf16": torch.bfloat16}
@@ -28,25 +30,21 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
-def choose_strategy(name: str, model: nn.Module, device: torch.device,
-                    vmappable: bool = True) -> str:
-    """`vmappable`: the task's per-task functions can run under vmap (RL tasks' rollouts, which
-    draw from their own generators, cannot)."""
+def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
     torch_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
     if name == "vmap" and torch_batch_norm:
         raise UserError("engine=vmap gives wrong second-order gradients through torch's "
                         "nn.BatchNorm (pytorch/functorch#534); use engine=loop or auto")
-    if name == "vmap" and not vmappable:
-        raise UserError("engine=vmap cannot run this task's rollouts (they draw from their own "
-                        "random generators); use engine=loop or auto")
     if name != "auto":
         return name
-    if torch_batch_norm or not vmappable:
+    if torch_batch_norm:
         return "loop"
     if device.type == "cuda":
         return "vmap"
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "loop" if convolutional else "vmap"
+    # A policy's tasks are thousands of rollout steps each: compute-bound, where vmap only adds
+    # its own overhead (the 2D-navigation meta-update, R1: the loop 1.2x vmap).
+    return "loop" if convolutional or getattr(model, "is_policy", False) else "vmap"
 
 
 def _stack(outputs: list):
@@ -72,14 +70,38 @@ class Engine:
 
     `compile`: torch.compile the meta-batch's forward (the vmapped tasks, or one task of the
     loop), inner gradients included; autograd's backward runs through the compiled graph.
-    `amp`: run that forward under torch.autocast in this dtype (None: float32)."""
+    `amp`: run that forward under torch.autocast in this dtype (None: float32).
+    `task`: the task family, for RL tasks, whose batches collect() turns into rollouts."""
 
     def __init__(self, algorithm, strategy: str = "loop", compile: bool = False,
-                 amp: str | None = None):
-        self.algorithm, self.strategy, self.compile = algorithm, strategy, compile
+                 amp: str | None = None, task: TaskFamily | None = None):
+        self.algorithm, self.strategy, self.compile, self.task = algorithm, strategy, compile, task
         self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
         self._task_loss = None  # made once (compiling is slow) by _mapped_task_loss
+
+    @torch.no_grad()
+    def collect(self, params, buffers, episode: Episode, steps: int | None = None) -> Episode:
+        """An RL task's sampled batch as the algorithm trains or evaluates on it: every task's
+        rollouts of its policy after 0..steps inner steps (default: as many as training
+        takes). Drawn in lock-step: the tasks' policies after step s roll out together (one
+        batched simulation, one vmapped policy call per time step), then every task takes its
+        inner step s on them. Other tasks' batches are their data already."""
+        if self.task is None or not self.task.needs_policy:
+            return episode
+        if steps is None:
+            steps = self.steps if self.algorithm.adapts_in_training else 0
+        params = {k: v.detach() for k, v in params.items()}
+        data = self.task.allocate(episode, steps)
+        # A task's inner loop reads its rollouts of step s (views into `data`) when it takes
+        # step s, which is after simulate() has filled them.
+        paths = [self.algorithm.trajectory(params, buffers, *data[t].tensors(), steps,
+                                           first_order=True) for t in range(episode.num_tasks)]
+        policy = vmap(lambda fast, x: self.algorithm.forward({**params, **fast}, buffers, x))
+        for step in range(steps + 1):
+            fast = _stack([next(path)[0] for path in paths])
+            self.task.simulate(episode, step, partial(policy, fast), data)
+        return data
 
     def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
         """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
@@ -109,10 +131,11 @@ class Engine:
         return self._task_loss
 
     def curves(self, params, buffers, episode: Episode, steps: int | None = None):
-        """The query metric of every task after 0..steps inner steps (default eval_steps):
-        [tasks, steps + 1]."""
-        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers, episode,
-                              steps=self.eval_steps if steps is None else steps)
+        """The query metric of every task of a sampled batch after 0..steps inner steps
+        (default eval_steps): [tasks, steps + 1]."""
+        steps = self.eval_steps if steps is None else steps
+        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers,
+                              self.collect(params, buffers, episode, steps), steps=steps)
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:
@@ -127,15 +150,16 @@ class Engine:
                             f"run with trainer.compile=false") from None
 
     def surrogate(self, params, buffers, episode: Episode):
-        """The meta-batch's mean meta-objective and mean KL of its adapted policies from the
-        ones that drew its samples, differentiable (what outer=trpo's closure returns)."""
+        """The collected meta-batch's mean meta-objective and mean KL of its adapted policies
+        from the ones that drew its samples, differentiable (what outer=trpo's closure
+        returns)."""
         loss, kl = self.map_tasks(self.algorithm.surrogate, params, buffers, episode,
                                   steps=self.steps)
         return loss.mean(), kl.mean()
 
     def meta_backward(self, params, buffers, episode: Episode):
-        """Accumulate the meta-gradient (of the mean query loss over the meta-batch) into the
-        params' .grad; return that loss and the mean metrics, detached.
+        """Accumulate the meta-gradient (of the mean query loss over the collected meta-batch)
+        into the params' .grad; return that loss and the mean metrics, detached.
 
         The loop takes one backward per task, so only one task's graph is alive at a time:
         measured on Omniglot 5-way 1-shot conv4 (32 tasks, second order, 2-core CPU), 7% faster

@@ -8,7 +8,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
 from maml_cli.build import Run  # noqa: E402
 from maml_cli.tasks.navigation import Navigation2D  # noqa: E402
@@ -27,25 +26,19 @@ def task_figure(run: Run, seed: int, steps: tuple[int, ...]):
 
 @torch.no_grad()
 def navigation_paths(run: Run, seed: int, steps: tuple[int, ...] = (1, 3), rollouts: int = 5):
-    """The paths of a few rollouts of the policy before adaptation and after `steps` steps, with
-    the goal, for one test task."""
+    """The paths of a few of the rollouts the policy adapts on, before adaptation and after
+    `steps` steps, with the goal, for one test task."""
     task, generator = run.task, torch.Generator(run.device).manual_seed(seed)
     episode = task.sample("test", 1, generator)
     params = {k: p.detach() for k, p in run.model.named_parameters()}
-    buffers = dict(run.model.named_buffers())
-    path = list(run.algorithm.trajectory(params, buffers, *episode[0].tensors(), max(steps),
-                                         first_order=True))
+    collected = run.engine.collect(params, dict(run.model.named_buffers()), episode, max(steps))
     goal = episode.support_x[0]
     fig, ax = plt.subplots(figsize=(5, 5))
     for n, color in zip((0, *steps), ("grey", "tab:blue", "tab:green", "tab:orange")):
-        weights = {**params, **path[n][0]}
-        obs, packed = task.rollouts(lambda o, w=weights: functional_call(run.model, (w, buffers),
-                                                                         (o,)),
-                                    goal, rollouts, generator)
-        mask = packed[:, task.columns["mask"]].view(rollouts, -1)
-        obs = obs.view(rollouts, task.horizon, -1).cpu()
-        for r in range(rollouts):
-            ran = obs[r, mask[r].bool().cpu()]
+        obs = collected.support_x[0, n].view(task.shots, task.horizon, -1)[:rollouts].cpu()
+        mask = collected.support_y[0, n, :, task.columns["mask"]].view(task.shots, -1).cpu()
+        for r in range(min(rollouts, task.shots)):
+            ran = obs[r, mask[r].bool()]
             ax.plot(ran[:, 0], ran[:, 1], color=color, alpha=0.7,
                     label=(f"{n} grad step{'s' if n != 1 else ''}" if n else "pre-update")
                     if r == 0 else None)

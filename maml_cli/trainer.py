@@ -109,6 +109,7 @@ class Trainer:
         run.optimizer.zero_grad(set_to_none=True)
         run.schedule.start(it)
         run.algorithm.start_iteration(it)
+        episode = run.engine.collect(self.params, self.buffers, episode)
         loss, metrics = run.engine.meta_backward(self.params, self.buffers, episode)
         grads = [p.grad for g in run.optimizer.param_groups for p in g["params"]
                  if p.grad is not None]

@@ -46,3 +46,12 @@ def test_every_algorithm_is_timed_on_classification_and_protonet_skips_regressio
         assert set(result["rows"]) | {"protonet"} == set(bench.ALGORITHMS)
         assert result["rows"]["maml"]["x_maml"] == 1
         assert all(row["it_per_s"] > 0 for row in result["rows"].values())
+
+
+def test_the_rl_report_times_every_phase_and_renders():
+    result = bench.bench_rl(torch.device("cpu"), tasks=3, rollouts=2, horizon=5, repeats=1)
+    assert set(result["rows"]) == {"collect, lock-step", "collect, one task at a time",
+                                   "meta-update, loop", "meta-update, vmap"}
+    assert all(row["ms"] > 0 for row in result["rows"].values()) and result["x_lock_step"] > 0
+    table = bench.markdown({"results": [], "rl": [result]})
+    assert "| collect, lock-step |" in table and "lock-step collection" in table

@@ -59,11 +59,12 @@ def test_trpo_closure_on_a_policy_is_the_meta_objective_at_zero_kl():
     task, model, episode = tiny_case()
     algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data,
                      objective_fn=task.query_loss, kl_fn=task.kl)
-    engine = Engine(algorithm, "loop")
+    engine = Engine(algorithm, "loop", task=task)
     params = dict(model.named_parameters())
+    episode = engine.collect(params, {}, episode)
     loss, _ = engine.meta_backward(params, {}, episode)
     grads = [p.grad.clone() for p in params.values()]
-    surrogate, kl = engine.surrogate(params, {}, episode)  # the same samples, kept for the batch
+    surrogate, kl = engine.surrogate(params, {}, episode)  # the same samples
     torch.testing.assert_close(surrogate, loss)
     assert abs(kl.item()) < 1e-12
     again = torch.autograd.grad(surrogate, list(params.values()))

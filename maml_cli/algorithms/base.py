@@ -35,6 +35,10 @@ def body_params(params: Params, head_prefix: str) -> Params:
 
 
 class Algorithm:
+    # Whether training adapts to each task: the engine collects RL rollouts after the inner
+    # steps only when it does (the pretrained baseline trains on its one policy's rollouts).
+    adapts_in_training = True
+
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  metric_fn: Callable[[Tensor, Tensor], Tensor], inner: SGD,
                  num_classes: int | None = None, data_fn: Callable[..., TaskData] | None = None,
@@ -46,8 +50,8 @@ class Algorithm:
         # the query samples and the adapted one (what outer=trpo bounds).
         self.objective_fn, self.kl_fn = objective_fn or loss_fn, kl_fn
         # The task's data from its episode tensors (TaskFamily.task_data): fixed support and query
-        # sets, or rollouts of the policy being adapted.
-        self.data_fn = data_fn or (lambda sx, sy, qx, qy, policy: FixedData(sx, sy, qx, qy))
+        # sets, or the rollouts of the policy after each inner step.
+        self.data_fn = data_fn or FixedData
         self.inner, self.num_classes = inner, num_classes
         self.learned = nn.Module()
 

@@ -161,16 +161,16 @@ class MAML(Algorithm):
             norm = {k: v[row] for k, v in self.norm_params.items()}
             return functional_call(self.model, ({**fixed, **p, **norm}, buffers), (x,))
 
-        data = self.data_fn(support_x, support_y, query_x, query_y, predict)
+        data = self.data_fn(support_x, support_y, query_x, query_y)
 
         def query(p: Params, step: int, row: int) -> Outcome:
-            x, y = data.query(step, p)
+            x, y = data.query(step)
             return predict(p, x, row), y
 
         state = self.inner.init(fast)
         yield fast, lambda p=fast: query(p, 0, 0)
         for step in range(steps):
-            x, y = self._batch(*data.support(step, fast), step)
+            x, y = self._batch(*data.support(step), step)
             grads = grad(lambda p, x=x, y=y, s=step: self.loss_fn(predict(p, x, s), y))(fast)
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}

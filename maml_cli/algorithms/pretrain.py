@@ -19,13 +19,11 @@ class Pretrain(MAML):
         super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
                          kl_fn)
 
-    def _data(self, buffers, *task):
-        """The task's data; RL rollouts come from the one, unadapted policy."""
-        return self.data_fn(*task, lambda p, x, step: self.forward(p, buffers, x))
+    adapts_in_training = False
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        data = self._data(buffers, support_x, support_y, query_x, query_y)
-        (support_x, support_y), (query_x, query_y) = data.support(0, params), data.query(0, params)
+        data = self.data_fn(support_x, support_y, query_x, query_y)
+        (support_x, support_y), (query_x, query_y) = data.support(0), data.query(0)
         out = self.forward(params, buffers, torch.cat([support_x, query_x]))
         loss = self.loss_fn(out, torch.cat([support_y, query_y]))
         query = (out[support_x.shape[0]:], query_y)
@@ -33,6 +31,6 @@ class Pretrain(MAML):
 
     def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """The meta-objective and KL of the one policy, unadapted (outer=trpo)."""
-        x, y = self._data(buffers, support_x, support_y, query_x, query_y).query(0, params)
+        x, y = self.data_fn(support_x, support_y, query_x, query_y).query(0)
         prediction = self.forward(params, buffers, x)
         return self.objective_fn(prediction, y), self.kl_fn(prediction, y)

@@ -21,12 +21,12 @@ class DataPlace:
 
 class TaskData:
     """What one task's inner loop trains on and its meta-objective and metric test on, after
-    `step` inner steps (`params`: the weights at that point)."""
+    `step` inner steps."""
 
-    def support(self, step: int, params) -> tuple[torch.Tensor, torch.Tensor]:
+    def support(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def query(self, step: int, params) -> tuple[torch.Tensor, torch.Tensor]:
+    def query(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -36,10 +36,10 @@ class FixedData(TaskData):
     def __init__(self, support_x, support_y, query_x, query_y):
         self.support_set, self.query_set = (support_x, support_y), (query_x, query_y)
 
-    def support(self, step, params):
+    def support(self, step):
         return self.support_set
 
-    def query(self, step, params):
+    def query(self, step):
         return self.query_set
 
 
@@ -50,8 +50,9 @@ class TaskFamily(ABC):
     num_outputs: int
     metric_name: str
     higher_is_better: bool
-    vmappable = True  # whether engine=vmap can map its per-task functions
-    needs_policy = False  # RL tasks: the model is a policy (models/gaussian_mlp.py)
+    # RL tasks: the model is a policy (models/gaussian_mlp.py), and a sampled batch is goals
+    # whose data the engine collects by rolling out the policies it adapts (tasks/rl.py).
+    needs_policy = False
 
     def __init__(self, device: torch.device | str = "cpu", data: DataPlace | None = None):
         self.device, self.data = torch.device(device), data
@@ -59,9 +60,8 @@ class TaskFamily(ABC):
     @abstractmethod
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode: ...
 
-    def task_data(self, support_x, support_y, query_x, query_y, policy) -> TaskData:
-        """One task's data from its episode tensors. `policy(params, x, step)`, the model as the
-        algorithm calls it, is for tasks whose data depend on the parameters (tasks/rl.py)."""
+    def task_data(self, support_x, support_y, query_x, query_y) -> TaskData:
+        """One task's data from its episode tensors (RL: its collected rollouts per step)."""
         return FixedData(support_x, support_y, query_x, query_y)
 
     @abstractmethod

@@ -56,16 +56,17 @@ class HalfCheetah(RLTask):
 
     @abstractmethod
     def forward_reward(self, velocity: Tensor, goal: Tensor) -> Tensor:
-        """The task's term of the reward, from the cheetah's forward velocity per rollout."""
+        """The task's term of the reward, from the cheetah's forward velocity and the goal, per
+        rollout."""
 
-    def reset(self, goal: Tensor, rollouts: int, generator: torch.Generator) -> Tensor:
+    def reset(self, goal: Tensor, seeds: Tensor) -> Tensor:
+        rollouts = goal.shape[0]
         if rollouts not in self.envs:
             # Its own time limit would reset an environment under us past 1,000 steps.
             self.envs[rollouts] = self.gym.make_vec(
                 ENV_ID, num_envs=rollouts, vectorization_mode="sync",
                 max_episode_steps=self.horizon + 1)
         self.active = self.envs[rollouts]
-        seeds = torch.randint(2**31, (rollouts,), generator=generator, device=goal.device)
         observation, _ = self.active.reset(seed=seeds.tolist())
         return torch.as_tensor(observation, dtype=torch.float32, device=goal.device)
 
@@ -73,7 +74,8 @@ class HalfCheetah(RLTask):
         action = action.clamp(-1, 1)
         observation, _, terminated, _, info = self.active.step(action.cpu().numpy())
         velocity = torch.as_tensor(info["x_velocity"], dtype=action.dtype, device=action.device)
-        reward = self.forward_reward(velocity, goal) - self.ctrl_cost * action.pow(2).sum(-1)
+        reward = (self.forward_reward(velocity, goal[:, 0])
+                  - self.ctrl_cost * action.pow(2).sum(-1))
         return (torch.as_tensor(observation, dtype=torch.float32, device=action.device), reward,
                 torch.as_tensor(terminated, device=action.device))
 

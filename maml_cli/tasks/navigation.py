@@ -1,6 +1,6 @@
 """2D navigation (Finn et al. 2017, section 5.3): a point moves from the origin towards a goal it
-does not observe. The environment is a few tensor operations, stepped for all rollouts of a task
-at once on the run's device."""
+does not observe. The environment is a few tensor operations, stepped for all rollouts of a
+meta-batch at once on the run's device."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ class Navigation2D(RLTask):
         u = torch.rand(num_tasks, 2, generator=generator, device=self.device)
         return low + (high - low) * u
 
-    def reset(self, goal: torch.Tensor, rollouts: int, generator) -> torch.Tensor:
-        return goal.new_zeros(rollouts, 2)
+    def reset(self, goal: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(goal)
 
     def step(self, state, action, goal):
         """(next state, reward, done) for every rollout at once."""

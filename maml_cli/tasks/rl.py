@@ -6,14 +6,17 @@ the metric after s steps use rollouts of that same policy, as in the paper: fres
 every step. The loss is vanilla policy gradient (REINFORCE) with a linear feature baseline refit
 on each batch, the metric the average undiscounted return per rollout.
 
-Rollouts draw their action noise from generators seeded by the task (a seed drawn from the run's
-sampler with the goal, and the step), so a task's rollouts are a function of the policy alone:
-training resumes exactly, and maml-eval gives the same numbers for the same eval.seed.
+A sampled meta-batch holds each task's goal and seed. The engine collects it (Engine.collect):
+it adapts every task's policy step by step and, before each step, has simulate() roll out all
+the tasks' current policies at once. The collected batch holds each task's rollouts after 0, 1,
+..., steps inner steps, with the sampling policy's Gaussian recorded beside each time step (for
+the importance weights and the KL), and from then on it is data like a supervised batch: the
+meta-gradient, TRPO's line search (which evaluates the meta-objective again at other
+meta-parameters, on the same samples) and vmap all work on it as it is.
 
-A sampled meta-batch's rollouts are drawn once, by the policy as it is when they are first
-asked for, and kept until the next batch is sampled: an outer optimizer that evaluates the
-meta-objective again at other meta-parameters (TRPO's line search) sees the same samples, with
-the sampling policy's Gaussian recorded beside each step for the importance weights and the KL.
+Rollouts draw their start states and action noise from generators seeded by the task's seed
+and the step, so a task's rollouts are a function of its policy alone, whichever tasks share its
+batch: training resumes exactly, and maml-eval gives the same numbers for the same eval.seed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ class RLTask(TaskFamily):
 
     metric_name = "return"
     higher_is_better = True
-    vmappable = False  # rollouts draw from their own generators, which vmap cannot batch
     needs_policy = True
     observation_size: int
     action_size: int
@@ -51,7 +53,6 @@ class RLTask(TaskFamily):
         super().__init__(device, data)
         self.shots, self.queries, self.horizon, self.discount = shots, queries, horizon, discount
         self.input_shape, self.num_outputs = (self.observation_size,), self.action_size
-        self.drawn: dict = {}
         self.simulated = 0  # environment steps stepped so far, for perf/env_steps_per_s
         a = self.action_size  # the columns of a rollout step's target
         self.columns = {"action": slice(0, a), "advantage": a, "mask": a + 1, "reward": a + 2,
@@ -61,9 +62,9 @@ class RLTask(TaskFamily):
     def goals(self, num_tasks: int, generator: torch.Generator) -> Tensor: ...
 
     @abstractmethod
-    def reset(self, goal: Tensor, rollouts: int, generator: torch.Generator) -> Tensor:
-        """The start state of `rollouts` rollouts of the task with this goal, any randomness
-        drawn from `generator`."""
+    def reset(self, goal: Tensor, seeds: Tensor) -> Tensor:
+        """The start states of rollouts with these goals [rollouts, goal size], any randomness
+        from their seeds [rollouts]."""
 
     @abstractmethod
     def step(self, state: Tensor, action: Tensor, goal: Tensor):
@@ -81,56 +82,96 @@ class RLTask(TaskFamily):
         generator seeds keep them apart. support/query x: the goal; y: the task's seed."""
         goal = self.goals(num_tasks, generator)
         seed = torch.randint(2**62, (num_tasks,), generator=generator, device=self.device)
-        self.drawn = {}  # (task seed, step, stream) -> rollouts, for this batch only
         return Episode(goal, seed, goal, seed)
 
-    def task_data(self, support_x, support_y, query_x, query_y, policy) -> TaskData:
-        return Rollouts(self, support_x, int(support_y), policy)
+    def allocate(self, episode: Episode, steps: int) -> Episode:
+        """The collected form of a sampled batch, to be filled by simulate(): each task's
+        rollouts after 0..steps inner steps, [tasks, steps + 1, rollouts * horizon, ...]. The
+        query rollouts are the support's own when there are as many."""
+        like = episode.support_x  # the goals: rollouts are in their dtype and on their device
+
+        def rollouts(count: int) -> tuple[Tensor, Tensor]:
+            shape = (episode.num_tasks, steps + 1, count * self.horizon)
+            return (like.new_zeros(*shape, self.observation_size),
+                    like.new_zeros(*shape, 3 * self.action_size + 3))
+
+        support = rollouts(self.shots)
+        return Episode(*support, *(support if self.queries == self.shots
+                                   else rollouts(self.queries)))
+
+    def simulate(self, episode: Episode, step: int, policy: Callable[[Tensor], Tensor],
+                 into: Episode) -> None:
+        """The rollouts after `step` inner steps of every task of the sampled `episode`, written
+        into its collected form `into`. `policy` maps observations [tasks, n, observation
+        size] to each task's Gaussian [tasks, n, 2 * action size] (mean, log std)."""
+        goal, seeds = episode.support_x, episode.support_y.tolist()
+        streams = [(into.support_x, into.support_y, self.shots)]
+        if into.query_x is not into.support_x:
+            streams.append((into.query_x, into.query_y, self.queries))
+        for stream, (x, y, count) in enumerate(streams):
+            generators = [torch.Generator(goal.device).manual_seed(
+                (seed + STEP_STRIDE * (2 * step + stream)) % 2**63) for seed in seeds]
+            x[:, step], y[:, step] = self.rollouts(policy, goal, count, generators)
+
+    def task_data(self, support_x, support_y, query_x, query_y) -> TaskData:
+        return StepData(support_x, support_y, query_x, query_y)
 
     @torch.no_grad()
     def rollouts(self, policy: Callable[[Tensor], Tensor], goal: Tensor, count: int,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """`count` rollouts of `policy` (observations -> Gaussian mean and log std): the
-        observations [count * horizon, observation_size] and, per step, the action, its
-        advantage, whether the rollout was still running, the reward and the sampling policy's
-        mean and log std, packed as [count * horizon, 3 * action_size + 3] (self.columns)."""
-        state = self.reset(goal, count, generator)
-        self.simulated += count * self.horizon
-        running = torch.ones(count, dtype=torch.bool, device=goal.device)
+                 generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """`count` rollouts per task of the tasks with goals `goal` [tasks, goal size], stepped
+        together; task i's start states and action noise come from generators[i]. `policy`:
+        as in simulate(). Per task: the observations [count * horizon, observation size] and,
+        per step, the action, its advantage, whether the rollout was still running, the reward
+        and the sampling policy's mean and log std, packed as [count * horizon,
+        3 * action size + 3] (self.columns)."""
+        tasks, n, a = goal.shape[0], goal.shape[0] * count, self.action_size
+        seeds = [torch.randint(2**31, (count,), generator=g, device=goal.device)
+                 for g in generators]
+        noise = torch.cat([torch.randn(self.horizon, count, a, generator=g, device=goal.device,
+                                       dtype=goal.dtype) for g in generators], 1)
+        goals = goal.repeat_interleave(count, 0)
+        state = self.reset(goals, torch.cat(seeds))
+        self.simulated += n * self.horizon
+        running = torch.ones(n, dtype=torch.bool, device=goal.device)
         observations, actions, rewards, masks, sampling = [], [], [], [], []
-        for _ in range(self.horizon):
+        for t in range(self.horizon):
             observation = self.observe(state)
-            prediction = policy(observation)
-            mean, log_std = prediction.split(self.action_size, dim=-1)
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-            action = mean + log_std.exp() * noise
-            state, reward, done = self.step(state, action, goal)
+            prediction = policy(observation.view(tasks, count, -1)).view(n, -1)
+            mean, log_std = prediction.split(a, dim=-1)
+            action = mean + log_std.exp() * noise[t]
+            state, reward, done = self.step(state, action, goals)
             observations.append(observation)
             actions.append(action)
             rewards.append(torch.where(running, reward, 0.0))
             masks.append(running)
             sampling.append(prediction)
             running = running & ~done
-        observations, actions = torch.stack(observations, 1), torch.stack(actions, 1)
-        rewards = torch.stack(rewards, 1)
-        masks = torch.stack(masks, 1).to(rewards.dtype)
+
+        def per_rollout(steps: list[Tensor]) -> Tensor:  # -> [tasks, count, horizon, ...]
+            stacked = torch.stack(steps, 1)
+            return stacked.view(tasks, count, self.horizon, *stacked.shape[2:])
+
+        observations, rewards = per_rollout(observations), per_rollout(rewards)
+        masks = per_rollout(masks).to(rewards.dtype)
         advantages = self.advantages(observations, rewards, masks)
-        packed = torch.cat([actions, advantages[..., None], masks[..., None],
-                            rewards[..., None], torch.stack(sampling, 1)], -1)
-        return observations.flatten(0, 1), packed.flatten(0, 1)
+        packed = torch.cat([per_rollout(actions), advantages[..., None], masks[..., None],
+                            rewards[..., None], per_rollout(sampling)], -1)
+        return observations.flatten(1, 2), packed.flatten(1, 2)
 
     def advantages(self, observations: Tensor, rewards: Tensor, masks: Tensor) -> Tensor:
         """Discounted returns-to-go minus a linear feature baseline fitted to them, normalised
-        over the steps that ran. All [rollouts, horizon]."""
+        over the steps that ran, per task. All [tasks, rollouts, horizon]."""
         returns = torch.zeros_like(rewards)
-        running = rewards.new_zeros(rewards.shape[0])
-        for t in reversed(range(rewards.shape[1])):
-            running = rewards[:, t] + self.discount * running * masks[:, t]
-            returns[:, t] = running
-        advantages = returns - linear_baseline(observations, returns, masks)
-        valid = masks.bool()
-        mean, std = advantages[valid].mean(), advantages[valid].std()
-        return ((advantages - mean) / (std + 1e-8)) * masks
+        running = torch.zeros_like(rewards[..., 0])
+        for t in reversed(range(rewards.shape[-1])):
+            running = rewards[..., t] + self.discount * running * masks[..., t]
+            returns[..., t] = running
+        advantages = (returns - linear_baseline(observations, returns, masks)) * masks
+        ran = masks.sum((-2, -1), keepdim=True)
+        mean = advantages.sum((-2, -1), keepdim=True) / ran
+        std = ((advantages - mean).pow(2) * masks).sum((-2, -1), keepdim=True) / (ran - 1)
+        return ((advantages - mean) / (std.sqrt() + 1e-8)) * masks
 
     def log_prob(self, prediction: Tensor, action: Tensor) -> Tensor:
         """Log density of each action under the Gaussian the policy predicted."""
@@ -176,44 +217,37 @@ class RLTask(TaskFamily):
 def linear_baseline(observations: Tensor, returns: Tensor, masks: Tensor,
                     regulariser: float = 1e-5) -> Tensor:
     """rllab's LinearFeatureBaseline: returns regressed by ridge least squares on the features
-    (o, o², t, t², t³, 1) of the steps that ran; its predictions at every step."""
-    rollouts, horizon = returns.shape
+    (o, o², t, t², t³, 1) of the steps that ran; its predictions at every step. Shapes
+    [..., rollouts, horizon(, observation size)]: one fit per leading index (per task)."""
+    horizon = returns.shape[-1]
     o = observations.clamp(-10, 10)
     t = (torch.arange(horizon, device=o.device, dtype=o.dtype) / TIME_SCALE)
-    t = t.expand(rollouts, horizon)[..., None]
+    t = t.expand(returns.shape)[..., None]
     features = torch.cat([o, o * o, t, t * t, t ** 3, torch.ones_like(t)], -1) * masks[..., None]
-    flat, target = features.flatten(0, 1), (returns * masks).flatten()
-    gram = flat.T @ flat
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    flat, target = features.flatten(-3, -2), (returns * masks).flatten(-2)[..., None]
+    gram, moment = flat.mT @ flat, flat.mT @ target
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    regulariser = torch.full((*gram.shape[:-2], 1, 1), regulariser, dtype=gram.dtype,
+                             device=gram.device)
     for _ in range(5):  # rllab raises the regulariser tenfold until the system solves
-        weights, info = torch.linalg.solve_ex(gram + regulariser * eye, flat.T @ target)
-        if not info.item() and torch.isfinite(weights).all():
+        weights, info = torch.linalg.solve_ex(gram + regulariser * eye, moment)
+        failed = (info != 0) | ~torch.isfinite(weights).all(-1).all(-1)
+        if not failed.any():
             break
-        regulariser *= 10
-    return (features @ weights) * masks
+        regulariser = torch.where(failed[..., None, None], regulariser * 10, regulariser)
+    return (features @ weights.unsqueeze(-3)).squeeze(-1) * masks
 
 
-class Rollouts(TaskData):
-    """One RL task's data: the rollouts of the policy after each inner step (they are both the
-    next step's support and that step's query), drawn once per sampled batch."""
+class StepData(TaskData):
+    """One task's collected rollouts, [steps + 1, rollouts * horizon, ...]: those of the policy
+    after each inner step, which are the next step's support and that step's query."""
 
-    def __init__(self, task: RLTask, goal: Tensor, seed: int, policy):
-        self.task, self.goal, self.seed, self.policy = task, goal, seed, policy
+    def __init__(self, support_x, support_y, query_x, query_y):
+        self.support_x, self.support_y = support_x, support_y
+        self.query_x, self.query_y = query_x, query_y
 
-    def _rollouts(self, step: int, params, count: int, stream: int):
-        key = (self.seed, step, stream)
-        if key not in self.task.drawn:
-            seed = (self.seed + STEP_STRIDE * (2 * step + stream)) % 2**63
-            generator = torch.Generator(self.goal.device).manual_seed(seed)
-            weights = {k: v.detach() for k, v in params.items()}
-            self.task.drawn[key] = self.task.rollouts(
-                lambda obs: self.policy(weights, obs, step), self.goal, count, generator)
-        return self.task.drawn[key]
+    def support(self, step: int):
+        return self.support_x[step], self.support_y[step]
 
-    def support(self, step: int, params):
-        return self._rollouts(step, params, self.task.shots, 0)
-
-    def query(self, step: int, params):
-        """The support rollouts of the same step when there are as many; else its own."""
-        shared = self.task.queries == self.task.shots
-        return self._rollouts(step, params, self.task.queries, 0 if shared else 1)
+    def query(self, step: int):
+        return self.query_x[step], self.query_y[step]

@@ -1,6 +1,7 @@
 """The half-cheetah tasks on gymnasium's MuJoCo model: rewards against the simulator's own state,
 seeded starts, and the one-line error without the [rl] extra."""
 
+import math
 import sys
 
 import pytest
@@ -11,8 +12,10 @@ from maml_cli.tasks.locomotion import HalfCheetahDirection, HalfCheetahVelocity
 
 
 def step_by_hand(task, goal, action):
-    """One step of every rollout, with the velocity read from MuJoCo's own positions."""
-    state = task.reset(goal, action.shape[0], torch.Generator().manual_seed(0))
+    """One step of every rollout (each with the same goal), with the velocity read from MuJoCo's
+    own positions."""
+    goal = goal.expand(action.shape[0], 1)
+    state = task.reset(goal, torch.arange(action.shape[0]))
     envs = [env.unwrapped for env in task.active.envs]
     before = torch.tensor([env.data.qpos[0] for env in envs])
     _, reward, done = task.step(state, action, goal)
@@ -48,15 +51,33 @@ def test_goals_follow_the_papers_distributions():
     assert 0.4 < (directions > 0).float().mean() < 0.6
 
 
-def test_starts_are_drawn_from_the_generator():
+def test_starts_are_drawn_from_their_seeds():
     task = HalfCheetahVelocity()
-    goal = torch.tensor([1.0])
-    first = task.reset(goal, 3, torch.Generator().manual_seed(5))
-    again = task.reset(goal, 3, torch.Generator().manual_seed(5))
-    other = task.reset(goal, 3, torch.Generator().manual_seed(6))
+    goal = torch.ones(3, 1)
+    first = task.reset(goal, torch.tensor([5, 6, 7]))
+    again = task.reset(goal, torch.tensor([5, 6, 7]))
+    other = task.reset(goal, torch.tensor([8, 6, 7]))
     assert first.shape == (3, 17)
     torch.testing.assert_close(first, again)
-    assert not torch.equal(first, other) and not torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], other[0]) and torch.equal(first[1:], other[1:])
+    assert not torch.equal(first[0], first[1])
+
+
+def test_a_batch_of_tasks_rolls_out_as_each_task_alone():
+    task = HalfCheetahDirection(shots=2, horizon=4)
+    goal = torch.tensor([[1.0], [-1.0]])
+
+    def policy(obs):  # [tasks, n, 17] -> [tasks, n, 12]: a mean from the state, spread 0.5
+        mean = torch.tanh(obs[..., :6])
+        return torch.cat([mean, torch.full_like(mean, math.log(0.5))], -1)
+
+    together = task.rollouts(policy, goal, 2, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    for t, seed in enumerate((1, 2)):
+        alone = task.rollouts(policy, goal[t:t + 1], 2, [torch.Generator().manual_seed(seed)])
+        for a, b in zip(alone, together):
+            torch.testing.assert_close(a[0], b[t])
+    rewards = together[1][..., task.columns["reward"]]
+    assert rewards.shape == (2, 8) and not torch.equal(rewards[0], -rewards[1])
 
 
 def test_without_the_rl_extra_the_error_says_how_to_install_it(monkeypatch):

@@ -10,10 +10,9 @@ import torch
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.engine import Engine, choose_strategy
-from maml_cli.errors import UserError
 from maml_cli.models.gaussian_mlp import GaussianMLP
 from maml_cli.tasks.navigation import Navigation2D
-from maml_cli.tasks.rl import linear_baseline
+from maml_cli.tasks.rl import STEP_STRIDE, linear_baseline
 
 
 def test_a_step_moves_by_the_clipped_action_and_rewards_minus_the_distance_after_it():
@@ -50,11 +49,16 @@ def policy_towards(goal, speed, log_std=-20.0):
     return policy
 
 
+def one_task(task, policy, goal, count, seed):
+    """task.rollouts for a single task: its observations and packed targets."""
+    obs, packed = task.rollouts(policy, goal[None], count, [torch.Generator().manual_seed(seed)])
+    return obs[0], packed[0]
+
+
 def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
     task = Navigation2D(horizon=10)
     goal = torch.tensor([0.3, 0.4])  # 0.5 away: 5 steps of 0.1
-    generator = torch.Generator().manual_seed(0)
-    obs, packed = task.rollouts(policy_towards(goal, 1.0), goal, 2, generator)
+    obs, packed = one_task(task, policy_towards(goal, 1.0), goal, 2, seed=0)
     # action, advantage, mask, reward, and the sampling policy's mean and log std
     assert obs.shape == (20, 2) and packed.shape == (20, 9)
     mask, reward = packed[:10, task.columns["mask"]], packed[:10, task.columns["reward"]]
@@ -69,8 +73,7 @@ def test_a_rollout_ends_at_the_goal_and_its_later_steps_count_for_nothing():
 def test_advantages_are_normalised_over_the_steps_that_ran_and_zero_after():
     task = Navigation2D(horizon=10)
     goal = torch.tensor([0.3, 0.4])
-    _, packed = task.rollouts(policy_towards(goal, 0.7, log_std=-1.0), goal, 4,
-                              torch.Generator().manual_seed(1))
+    _, packed = one_task(task, policy_towards(goal, 0.7, log_std=-1.0), goal, 4, seed=1)
     advantage, mask = packed[:, task.columns["advantage"]], packed[:, task.columns["mask"]].bool()
     assert advantage[mask].mean().abs() < 1e-5 and abs(advantage[mask].std() - 1) < 1e-4
     assert (advantage[~mask] == 0).all()
@@ -85,6 +88,17 @@ def test_the_linear_baseline_fits_returns_that_are_linear_in_its_features():
     masks[0, 5:] = 0
     fitted = linear_baseline(obs, returns * masks, masks, regulariser=1e-12)
     torch.testing.assert_close(fitted, returns * masks, atol=1e-6, rtol=0)
+
+
+def test_the_linear_baseline_fits_each_task_of_a_batch_on_its_own():
+    torch.manual_seed(0)
+    obs = torch.randn(4, 3, 8, 2, dtype=torch.float64)
+    returns, masks = torch.randn(4, 3, 8, dtype=torch.float64), torch.ones(4, 3, 8)
+    masks[1, :, 6:] = 0
+    masks = masks.double()
+    together = linear_baseline(obs, returns, masks)
+    for t in range(4):
+        torch.testing.assert_close(together[t], linear_baseline(obs[t], returns[t], masks[t]))
 
 
 def test_the_policy_gradient_loss_is_minus_the_masked_mean_of_log_prob_times_advantage():
@@ -116,21 +130,28 @@ def naive_log_prob(weights, obs, action):
 
 
 def naive_meta_gradient(task, model, episode, lr, first_order):
-    """MAML-RL by hand, per task: rollouts of the policy (the task's own data, drawn the same
-    way), one policy-gradient step with create_graph, the post-update rollouts' loss."""
+    """MAML-RL by hand, one task at a time: rollouts of the policy (from the generators the
+    task seeds for its step), one policy-gradient step with create_graph, the post-update
+    rollouts' loss."""
     names = ["mean.1.weight", "mean.1.bias", "mean.3.weight", "mean.3.bias", "log_std"]
     weights = [dict(model.named_parameters())[n] for n in names]
     total = [torch.zeros_like(w) for w in weights]
+
+    def rollouts(t, step, w):
+        def policy(obs):  # one task: [1, n, 2] -> [1, n, 4]
+            return torch.func.functional_call(model, dict(zip(names, w)), (obs[0],))[None]
+        seed = (int(episode.support_y[t]) + STEP_STRIDE * 2 * step) % 2**63
+        obs, target = task.rollouts(policy, episode.support_x[t:t + 1], task.shots,
+                                    [torch.Generator().manual_seed(seed)])
+        return obs[0], target[0]
+
     for t in range(episode.num_tasks):
-        data = task.task_data(*episode[t].tensors(), lambda p, obs, step:
-                              torch.func.functional_call(model, p, (obs,)))
-        named = dict(zip(names, weights))
-        obs, target = data.support(0, named)
+        obs, target = rollouts(t, 0, [w.detach() for w in weights])
         action, advantage, mask = target[:, :2], target[:, 2], target[:, 3]
         inner = -(naive_log_prob(weights, obs, action) * advantage * mask).sum() / mask.sum()
         grads = torch.autograd.grad(inner, weights, create_graph=not first_order)
         fast = [w - lr * g for w, g in zip(weights, grads)]
-        obs, target = data.query(1, dict(zip(names, [f.detach() for f in fast])))
+        obs, target = rollouts(t, 1, [f.detach() for f in fast])
         action, advantage, mask = target[:, :2], target[:, 2], target[:, 3]
         outer = -(naive_log_prob(fast, obs, action) * advantage * mask).sum() / mask.sum()
         for acc, g in zip(total, torch.autograd.grad(outer, weights)):
@@ -138,16 +159,16 @@ def naive_meta_gradient(task, model, episode, lr, first_order):
     return total
 
 
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_meta_gradient_through_a_policy_gradient_step_equals_the_naive_reference(first_order):
+def test_meta_gradient_through_a_policy_gradient_step_equals_the_naive_reference(first_order,
+                                                                                 strategy):
     task, model, episode = tiny_case()
     algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data,
                      first_order=first_order)
-    engine = Engine(algorithm, choose_strategy("auto", model, torch.device("cpu"),
-                                               task.vmappable))
-    assert engine.strategy == "loop"
+    engine = Engine(algorithm, strategy, task=task)
     params = dict(model.named_parameters())
-    engine.meta_backward(params, {}, episode)
+    engine.meta_backward(params, {}, engine.collect(params, {}, episode))
     got = [params[n].grad for n in ["mean.1.weight", "mean.1.bias", "mean.3.weight",
                                     "mean.3.bias", "log_std"]]
     want = naive_meta_gradient(task, model, episode, 0.1, first_order)
@@ -155,15 +176,30 @@ def test_meta_gradient_through_a_policy_gradient_step_equals_the_naive_reference
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
-def test_rollouts_depend_only_on_the_policy_and_the_task_seed():
+def test_policies_train_in_the_loop_on_cpu_and_under_vmap_on_cuda_by_default():
+    _, model, _ = tiny_case()
+    assert choose_strategy("auto", model, torch.device("cpu")) == "loop"
+    assert choose_strategy("auto", model, torch.device("cuda")) == "vmap"
+
+
+def test_a_batch_collects_as_its_tasks_would_alone_and_again_the_same():
     task, model, episode = tiny_case()
     algorithm = MAML(model, task.loss, task.metric, SGD(0.1, steps=1), data_fn=task.task_data)
+    engine = Engine(algorithm, "loop", task=task)
     params = {k: p.detach() for k, p in model.named_parameters()}
-    curves = [Engine(algorithm, "loop").curves(params, {}, episode, steps=2) for _ in range(2)]
+    together = engine.collect(params, {}, episode, steps=2)
+    assert together.support_x.shape == (2, 3, 3 * 6, 2)  # tasks, steps + 1, rollout steps, obs
+    for t in range(2):
+        alone = engine.collect(params, {}, episode[t:t + 1], steps=2)
+        for a, b in zip(alone.tensors(), together[t:t + 1].tensors()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # Every step's rollouts are new: the policy after each step rolls out again.
+    assert not torch.equal(together.support_x[:, 1], together.support_x[:, 2])
+    curves = [engine.curves(params, {}, episode, steps=2) for _ in range(2)]
     torch.testing.assert_close(curves[0], curves[1], rtol=0, atol=0)
     assert curves[0].shape == (2, 3)
-    with pytest.raises(UserError, match="engine=vmap cannot run this task's rollouts"):
-        choose_strategy("vmap", model, torch.device("cpu"), task.vmappable)
+    vmapped = Engine(algorithm, "vmap", task=task).curves(params, {}, episode, steps=2)
+    torch.testing.assert_close(vmapped, curves[0], rtol=1e-9, atol=1e-9)
 
 
 def test_the_meta_objective_is_importance_weighted_and_the_kl_is_the_gaussians():
