@@ -17,16 +17,20 @@ import ctypes
 import importlib.metadata
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import higher
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
 from torch.func import functional_call
@@ -37,6 +41,8 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.algorithms.pretrain import Pretrain
 from maml_cli.algorithms.protonet import ProtoNet
 from maml_cli.algorithms.reptile import Reptile
+from maml_cli.build import build
+from maml_cli.config import config_dir, register_configs
 from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
@@ -44,6 +50,7 @@ from maml_cli.models.gaussian_mlp import GaussianMLP
 from maml_cli.models.mlp import MLP
 from maml_cli.optim import TRPO
 from maml_cli.tasks.navigation import Navigation2D
+from maml_cli.trainer import Trainer
 
 
 @dataclass
@@ -383,6 +390,43 @@ def bench_rl(device: torch.device, tasks: int = 20, rollouts: int = 20, horizon:
             / rows["collect, lock-step"]["ms"]}
 
 
+def bench_trainer(device: torch.device, iterations: int = 15000) -> dict:
+    """T1, the default run (`maml-train` with no options but the device) through the whole
+    trainer: ms per iteration of Trainer.fit over `iterations` (sampling, the outer step, the NaN
+    checks, TensorBoard logging, validation with its figure and the final checkpoint, all on
+    their default schedule), and of the engine's meta_backward inside it, timed in the same
+    run, so that a machine's drift hits both alike (on CUDA each meta_backward is synchronised
+    to be timed, which the trainer itself never does: there the overhead is an upper bound)."""
+    register_configs()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"device={device.type}",
+                                           f"device.threads={torch.get_num_threads()}",
+                                           f"trainer.iterations={iterations}"])
+    run = build(cfg)
+    trainer = Trainer(run, Path(tempfile.mkdtemp(prefix="maml-bench-")))
+    meta_backward, inside = run.engine.meta_backward, []
+
+    def timed(*args):
+        start = time.perf_counter()
+        result = meta_backward(*args)
+        sync(device)
+        inside.append(time.perf_counter() - start)
+        return result
+
+    run.engine.meta_backward = timed
+    sync(device)
+    start = time.perf_counter()
+    trainer.fit()
+    sync(device)
+    trainer_ms = 1000 * (time.perf_counter() - start) / iterations
+    shutil.rmtree(trainer.run_dir)
+    engine_ms = 1000 * sum(inside) / iterations
+    return {"workload": "T1", "description": f"the default run (sinusoid, {iterations} "
+            "iterations, validation every 1000) through the trainer", "engine": run.engine.strategy,
+            "engine_ms": engine_ms, "trainer_ms": trainer_ms,
+            "overhead": trainer_ms / engine_ms - 1}
+
+
 def machine(device: torch.device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "higher": importlib.metadata.version("higher"), "threads": torch.get_num_threads(),
@@ -432,6 +476,14 @@ def show_algorithms(results: list[dict]) -> None:
         console.print(table)
 
 
+def show_trainer(results: list[dict]) -> None:
+    for r in results:
+        Console(width=150).print(
+            f"{r['workload']}, {r['description']} (engine {r['engine']}): "
+            f"{r['trainer_ms']:.2f} ms per iteration, the engine's step {r['engine_ms']:.2f} ms: "
+            f"overhead {r['overhead']:.0%}")
+
+
 def show_rl(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
@@ -472,6 +524,11 @@ def markdown(data: dict) -> str:
         lines += [f"| {label} | {row['ms']:.2f} | {row['it_per_s']:.2f} | {row['x_maml']:.2f} |"
                   for label, row in r["rows"].items()]
         lines.append("")
+    for r in data.get("trainer", []):
+        lines += [f"**{r['workload']}**: {r['description']} (engine `{r['engine']}`)", "",
+                  "| the trainer, ms/iteration | the engine's step, ms | trainer overhead |",
+                  "|---|---|---|",
+                  f"| {r['trainer_ms']:.2f} | {r['engine_ms']:.2f} | {r['overhead']:.0%} |", ""]
     for r in data.get("rl", []):
         lines += [f"**{r['workload']}**: {r['description']} (`engine=auto`: {r['engine']}); "
                   f"lock-step collection {r['x_lock_step']:.2f}x one task at a time", "",
@@ -488,6 +545,8 @@ def main() -> None:
     parser.add_argument("--orders", default="second,first")
     parser.add_argument("--algorithms", default="W1,W2",
                         help="workloads to time every algorithm on ('' for none)")
+    parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the default run through the whole trainer (T1)")
     parser.add_argument("--rl", action=argparse.BooleanOptionalAction, default=True,
                         help="time the 2D-navigation meta-iteration by phase (R1)")
     parser.add_argument("--compile", default=None,
@@ -516,15 +575,17 @@ def main() -> None:
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
+    trainer = [bench_trainer(device)] if args.trainer else []
     rl = [bench_rl(device)] if args.rl else []
     info = machine(device)
     show(results, info, device)
     show_algorithms(algorithms)
+    show_trainer(trainer)
     show_rl(rl)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": str(device), "machine": info, "results": results,
-                       "algorithms": algorithms, "rl": rl}, f, indent=1)
+                       "algorithms": algorithms, "trainer": trainer, "rl": rl}, f, indent=1)
 
 
 if __name__ == "__main__":

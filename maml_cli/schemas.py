@@ -147,6 +147,7 @@ class InnerAdamConfig(InnerConfig):
 class OptimizerConfig(Target):
     lr: float = MISSING
     weight_decay: float = 0.0
+    fused: bool | None = None
 
 
 @dataclass

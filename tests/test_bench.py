@@ -55,3 +55,12 @@ def test_the_rl_report_times_every_phase_and_renders():
     assert all(row["ms"] > 0 for row in result["rows"].values()) and result["x_lock_step"] > 0
     table = bench.markdown({"results": [], "rl": [result]})
     assert "| collect, lock-step |" in table and "lock-step collection" in table
+
+
+def test_the_trainer_report_times_the_engine_inside_the_whole_trainer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = bench.bench_trainer(torch.device("cpu"), iterations=30)
+    assert result["engine"] == "vmap" and 0 < result["engine_ms"] < result["trainer_ms"]
+    assert result["overhead"] == pytest.approx(result["trainer_ms"] / result["engine_ms"] - 1)
+    assert "| the trainer, ms/iteration |" in bench.markdown({"results": [],
+                                                              "trainer": [result]})
