@@ -100,7 +100,8 @@ class Engine:
         policy = vmap(lambda fast, x: self.algorithm.forward({**params, **fast}, buffers, x))
         for step in range(steps + 1):
             fast = _stack([next(path)[0] for path in paths])
-            self.task.simulate(episode, step, partial(policy, fast), data)
+            self.task.simulate(episode, step, lambda x, tasks, fast=fast: policy(
+                {k: v[tasks] for k, v in fast.items()}, x), data)
         return data
 
     def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -45,6 +46,7 @@ class RLTask(TaskFamily):
     metric_name = "return"
     higher_is_better = True
     needs_policy = True
+    max_rollouts: int | None = None  # stepped at once (None: all of a batch's)
     observation_size: int
     action_size: int
 
@@ -99,11 +101,13 @@ class RLTask(TaskFamily):
         return Episode(*support, *(support if self.queries == self.shots
                                    else rollouts(self.queries)))
 
-    def simulate(self, episode: Episode, step: int, policy: Callable[[Tensor], Tensor],
+    def simulate(self, episode: Episode, step: int, policy: Callable[[Tensor, slice], Tensor],
                  into: Episode) -> None:
         """The rollouts after `step` inner steps of every task of the sampled `episode`, written
-        into its collected form `into`. `policy` maps observations [tasks, n, observation
-        size] to each task's Gaussian [tasks, n, 2 * action size] (mean, log std)."""
+        into its collected form `into`. `policy(observations, tasks)` maps observations
+        [tasks, n, observation size] of the batch's `tasks` (a slice) to each task's Gaussian
+        [tasks, n, 2 * action size] (mean, log std). At most `max_rollouts` rollouts are
+        stepped at once, whole tasks at a time."""
         goal, seeds = episode.support_x, episode.support_y.tolist()
         streams = [(into.support_x, into.support_y, self.shots)]
         if into.query_x is not into.support_x:
@@ -111,7 +115,11 @@ class RLTask(TaskFamily):
         for stream, (x, y, count) in enumerate(streams):
             generators = [torch.Generator(goal.device).manual_seed(
                 (seed + STEP_STRIDE * (2 * step + stream)) % 2**63) for seed in seeds]
-            x[:, step], y[:, step] = self.rollouts(policy, goal, count, generators)
+            chunk = max(1, (self.max_rollouts or len(seeds) * count) // count)
+            for start in range(0, len(seeds), chunk):
+                tasks = slice(start, start + chunk)
+                x[tasks, step], y[tasks, step] = self.rollouts(
+                    partial(policy, tasks=tasks), goal[tasks], count, generators[tasks])
 
     def task_data(self, support_x, support_y, query_x, query_y) -> TaskData:
         return StepData(support_x, support_y, query_x, query_y)

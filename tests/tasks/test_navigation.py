@@ -193,6 +193,10 @@ def test_a_batch_collects_as_its_tasks_would_alone_and_again_the_same():
         alone = engine.collect(params, {}, episode[t:t + 1], steps=2)
         for a, b in zip(alone.tensors(), together[t:t + 1].tensors()):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    task.max_rollouts = 4  # one task's 3 rollouts at a time
+    for a, b in zip(engine.collect(params, {}, episode, steps=2).tensors(), together.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    task.max_rollouts = None
     # Every step's rollouts are new: the policy after each step rolls out again.
     assert not torch.equal(together.support_x[:, 1], together.support_x[:, 2])
     curves = [engine.curves(params, {}, episode, steps=2) for _ in range(2)]
