@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +27,38 @@ class Split:
         return self.counts.numel()
 
 
-def cached(path: Path, format_tag: str, build: Callable[[], dict]) -> dict:
-    """A preprocessed dataset from its cache file if that is intact, else build() it and cache
-    it atomically. Preprocessing decodes every image once; later runs load one tensor file."""
+def fingerprint(sources: Sequence[Path]) -> tuple[str, str]:
+    """(where, what) of a dataset's source files: a hash of their resolved paths, and a hash of
+    the relative name, size and modification time of every file in them. Any change, move or
+    replacement of the source changes one of them; no file is read."""
+    where, what = hashlib.sha256(), hashlib.sha256()
+    for source in sources:
+        source = source.resolve()
+        where.update(f"{source}\n".encode())
+        for path in sorted(source.rglob("*")) if source.is_dir() else [source]:
+            if path.is_file():
+                stat = path.stat()
+                what.update(f"{source}/{path.relative_to(source)}\0{stat.st_size}\0"
+                            f"{stat.st_mtime_ns}\n".encode())
+    return where.hexdigest()[:16], what.hexdigest()
+
+
+def cached(cache_dir: Path, name: str, format_tag: str, sources: Sequence[Path],
+           build: Callable[[], dict]) -> dict:
+    """A preprocessed dataset from its cache file if that is intact and was made from these
+    sources as they are now; else build() it and cache it atomically. Each source location has
+    its own file, <cache_dir>/<name>-<hash of where>.pt, which a changed source overwrites.
+    Preprocessing decodes every image once; later runs load one tensor file."""
+    where, what = fingerprint(sources)
+    path = Path(cache_dir).expanduser() / f"{name}-{where}.pt"
     if path.is_file():
         try:
             data = torch.load(path, weights_only=True)
-            if data.get("format") == format_tag:
+            if data.get("format") == format_tag and data.get("source") == what:
                 return data
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
-    data = {"format": format_tag, **build()}
+    data = {"format": format_tag, "source": what, **build()}
     try:
         files.atomic_write(path, lambda f: torch.save(data, f))
     except OSError as e:

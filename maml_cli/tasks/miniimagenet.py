@@ -67,6 +67,6 @@ class MiniImageNet(ImageTasks):
         root = Path(self.data.root).expanduser() / "miniimagenet"
         if not root.is_dir():
             raise UserError(f"mini-ImageNet not found: no folder {root}. {WHERE}")
-        cache = Path(self.data.cache_dir).expanduser() / f"miniimagenet-{self.image_size}px.pt"
-        dataset = cached(cache, CACHE_FORMAT, lambda: preprocess(root, self.image_size))
+        dataset = cached(self.data.cache_dir, f"miniimagenet-{self.image_size}px", CACHE_FORMAT,
+                         [root], lambda: preprocess(root, self.image_size))
         return {split: (dataset[split], dataset[f"{split}_labels"]) for split in SPLITS}

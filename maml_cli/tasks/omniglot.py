@@ -53,14 +53,19 @@ def download(root: Path) -> None:
         Omniglot(str(root / "omniglot"), background=background, download=True)
 
 
-def preprocess(root: Path, size: int) -> dict:
-    """Every drawing resized to size x size (antialiased) and inverted so strokes are 255:
-    {"characters": [paths], "images": uint8 [characters, 20, size, size]}."""
+def find_sources(root: Path) -> dict[str, Path]:
+    """Where each part of Omniglot is under root: a zip or an extracted folder."""
     sources = {part: _find(root, part) for part in PARTS}
     if None in sources.values():
         missing = ", ".join(part for part, s in sources.items() if s is None)
         raise UserError(f"Omniglot not found under {root / 'omniglot'} (missing {missing}). "
                         f"{WHERE}")
+    return sources
+
+
+def preprocess(sources: dict[str, Path], size: int) -> dict:
+    """Every drawing resized to size x size (antialiased) and inverted so strokes are 255:
+    {"characters": [paths], "images": uint8 [characters, 20, size, size]}."""
     drawings: dict[str, list[np.ndarray]] = {}
     for source in sources.values():
         try:
@@ -90,8 +95,9 @@ class Omniglot(ImageTasks):
         root = Path(self.data.root).expanduser()
         if self.data.download and None in (_find(root, p) for p in PARTS):
             download(root)
-        cache = Path(self.data.cache_dir).expanduser() / f"omniglot-{self.image_size}px.pt"
-        dataset = cached(cache, CACHE_FORMAT, lambda: preprocess(root, self.image_size))
+        sources = find_sources(root)
+        dataset = cached(self.data.cache_dir, f"omniglot-{self.image_size}px", CACHE_FORMAT,
+                         list(sources.values()), lambda: preprocess(sources, self.image_size))
         row = {c: i for i, c in enumerate(dataset["characters"])}
         split_characters = json.loads(SPLIT_FILE.read_text())
         missing = [c for s in SPLITS for c in split_characters[s] if c not in row]

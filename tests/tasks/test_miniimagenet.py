@@ -2,6 +2,8 @@
 Ravi & Larochelle images/ + train.csv / val.csv / test.csv layout): the data itself is not here."""
 
 import csv
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from maml_cli.errors import UserError
+from maml_cli.tasks import miniimagenet
 from maml_cli.tasks.miniimagenet import MiniImageNet
 
 CLASSES = {"train": 6, "val": 5, "test": 5}
@@ -59,7 +62,7 @@ def test_loads_the_csv_layout_into_84px_uint8_splits(fixture_root):
     episode = tasks.sample("val", 4, torch.Generator().manual_seed(0))
     assert episode.support_x.shape == (4, 3, 3, 84, 84)
     assert episode.query_x.shape == (4, 6, 3, 84, 84)
-    assert (fixture_root / "cache" / "miniimagenet-84px.pt").is_file()
+    assert len(list((fixture_root / "cache").glob("miniimagenet-84px-*.pt"))) == 1
 
 
 def test_missing_data_says_where_to_get_it(tmp_path):
@@ -83,3 +86,34 @@ def test_a_split_file_without_its_columns_is_rejected(fixture_root):
     (fixture_root / "miniimagenet" / "val.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="val.csv is not a mini-ImageNet split file"):
         MiniImageNet(ways=3, shots=1, queries=2, data=data_at(fixture_root))
+
+
+def test_the_cache_serves_only_the_source_it_was_made_from(fixture_root, tmp_path, monkeypatch):
+    decoded = []
+    preprocess = miniimagenet.preprocess
+    monkeypatch.setattr(miniimagenet, "preprocess",
+                        lambda *args: decoded.append(args) or preprocess(*args))
+    cache = tmp_path / "shared-cache"
+
+    def load(root):
+        data = OmegaConf.create({"root": str(root), "download": False, "cache_dir": str(cache)})
+        return MiniImageNet(ways=3, shots=1, queries=2, data=data).splits["train"].images
+
+    first = load(fixture_root)
+    assert torch.equal(load(fixture_root), first) and len(decoded) == 1  # reused
+    image = sorted((fixture_root / "miniimagenet/images").iterdir())[0]
+    Image.fromarray(np.zeros((90, 90, 3), np.uint8)).save(image)  # edited in place
+    edited = load(fixture_root)
+    assert len(decoded) == 2 and not torch.equal(edited, first) and edited[0].max() == 0
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched only
+    load(fixture_root)
+    assert len(decoded) == 3
+    moved = tmp_path / "elsewhere"
+    shutil.move(fixture_root / "miniimagenet", moved / "miniimagenet")
+    assert torch.equal(load(moved), edited) and len(decoded) == 4
+    shutil.rmtree(moved / "miniimagenet")
+    with pytest.raises(UserError, match="mini-ImageNet not found"):
+        load(moved)  # a cache is there, but of a source that is gone
+    # One file per source location: edits replaced the first one's, the move made another.
+    assert len(list(cache.glob("miniimagenet-84px-*.pt"))) == 2

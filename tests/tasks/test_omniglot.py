@@ -64,8 +64,7 @@ def test_episodes_from_the_real_data(tasks):
 
 
 def test_cache_is_reused_and_a_damaged_cache_rebuilt(tasks, data_config, monkeypatch):
-    cache = Path(data_config.cache_dir) / "omniglot-28px.pt"
-    assert cache.is_file()
+    [cache] = Path(data_config.cache_dir).glob("omniglot-28px-*.pt")
 
     def no_decoding(*args):
         raise AssertionError("the cache should have been used")
@@ -88,9 +87,12 @@ def data_at(root, cache):
     return OmegaConf.create({"root": str(root), "download": False, "cache_dir": str(cache)})
 
 
-def test_missing_data_says_where_to_put_it(tmp_path):
+def test_missing_data_says_where_to_put_it(tmp_path, tasks, data_config):
     with pytest.raises(UserError, match=r"Omniglot not found under .*data.download=true"):
         Omniglot(data=data_at(tmp_path, tmp_path / "cache"))
+    # ... even where a cache of the real data is at hand: it is not this (absent) source's.
+    with pytest.raises(UserError, match=r"Omniglot not found under"):
+        Omniglot(data=data_at(tmp_path, data_config.cache_dir))
 
 
 def test_corrupt_data_is_a_clear_error(tmp_path, shared_data):
