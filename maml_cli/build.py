@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -82,12 +82,27 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_model_fits(node: DictConfig, task: TaskFamily) -> None:
+    """An image model on a task whose inputs are not images, in one line, before the model's
+    first convolution fails on them."""
+    try:
+        model_class = get_class(node._target_)
+    except Exception:  # make() reports an unloadable _target_ in its own words
+        return
+    if getattr(model_class, "takes_images", False) and len(task.input_shape) != 3:
+        fits = "gaussian_mlp" if task.needs_policy else "mlp"
+        raise UserError(f"{model_class.__name__} is a model for image tasks (task=omniglot, "
+                        f"mnist, miniimagenet), and {type(task).__name__}'s inputs are not "
+                        f"images (shape {list(task.input_shape)}): use model={fits}")
+
+
 def build(cfg: DictConfig) -> Run:
     """Every object of the run `cfg` describes, its model initialised from `cfg.seed`."""
     seed_all(cfg.seed)
     device = resolve_device(cfg.device.name, cfg.device.threads)
     task = make("task", cfg.task, device=device,
                 data=DataPlace(**OmegaConf.to_container(cfg.data, resolve=True)))
+    check_model_fits(cfg.model, task)
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
     if task.needs_policy != getattr(model, "is_policy", False):
         raise UserError(

@@ -47,6 +47,8 @@ class Conv4(nn.Sequential):
     flattened.
     """
 
+    takes_images = True  # inputs [channels, height, width] (build() checks the task's)
+
     def __init__(self, input_shape: Sequence[int], num_outputs: int, filters: int = 64,
                  downsample: str = "stride", norm: str = "batch", spatial_mean: bool = True,
                  init: str = "torch"):

@@ -26,6 +26,10 @@ TRAIN_CASES = [
     (["task.shots=abc"], "task.shots=abc Value 'abc' of type 'str' could not be converted"),
     (["outer.betaz=1"], "Key 'betaz' not in 'AdamConfig'"),
     (["resume=does/not/exist.pt"], "checkpoint not found: does/not/exist.pt"),
+    (["model=conv4"], "Conv4 is a model for image tasks (task=omniglot, mnist, miniimagenet), "
+     "and Sinusoid's inputs are not images (shape [1]): use model=mlp"),
+    (["task=navigation2d", "model=conv4"], "and Navigation2D's inputs are not images (shape "
+     "[2]): use model=gaussian_mlp"),
 ]
 
 
