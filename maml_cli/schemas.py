@@ -67,6 +67,14 @@ class MiniImageNetConfig(ImageTaskConfig):
 
 
 @dataclass
+class FolderConfig(ImageTaskConfig):
+    path: str = MISSING
+    image_size: int | None = MISSING
+    channels: int | None = MISSING
+    split_file: str | None = MISSING
+
+
+@dataclass
 class RLTaskConfig(TaskConfig):
     horizon: int = MISSING
     discount: float = MISSING
@@ -174,7 +182,8 @@ class TRPOConfig(Target):
 
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
-             "miniimagenet": MiniImageNetConfig, "navigation2d": Navigation2DConfig,
+             "miniimagenet": MiniImageNetConfig, "folder": FolderConfig,
+             "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "gaussian_mlp": GaussianMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
@@ -334,6 +343,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.ways", *at_least(2)),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),
+    ("task.channels", "1 or 3, or null to infer it from the images", lambda v: v in (1, 3)),
     ("task.horizon", *at_least(1)),
     ("task.discount", "in [0, 1]", lambda v: 0 <= v <= 1),
     ("task.max_step", "> 0", _positive),
@@ -345,7 +355,11 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Raise UserError naming the first key whose value is out of range."""
+    """Raise UserError naming the first key that has no value (`???` in its YAML, as
+    task.path of task=folder) or whose value is out of range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{missing[0]} needs a value: add {missing[0]}=... to the command")
     for key, allowed, ok in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):

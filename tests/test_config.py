@@ -60,6 +60,7 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
+    ("task=folder task.path=x task.channels=2", "task.channels"),
     ("inner.later_lr=0", "inner.later_lr"),
     ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),
     ("+experiment=navigation2d_maml task.discount=1.5", "task.discount"),
@@ -92,7 +93,8 @@ def test_every_rule_is_tried_and_documented():
 def test_every_rule_names_a_real_key():
     configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"),
                compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"),
-               compose_train("+experiment=halfcheetah_vel_maml"))
+               compose_train("+experiment=halfcheetah_vel_maml"),
+               compose_train("task=folder", "task.path=x", "task.channels=3"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key

@@ -122,9 +122,14 @@ class ImageTasks(TaskFamily):
             raise UserError(f"task.ways={self.ways} but the {name} split has only "
                             f"{split.num_classes} classes")
         need = self.shots + (self.queries if name == "train" else self.eval_queries)
-        if int(split.counts.min()) < need:
-            raise UserError(f"task.shots + queries = {need} but a class of the {name} split has "
-                            f"only {int(split.counts.min())} images")
+        smallest = int(split.counts.argmin())
+        if int(split.counts[smallest]) < need:
+            raise UserError(f"task.shots + queries = {need} but {self.class_label(name, smallest)} "
+                            f"of the {name} split has only {int(split.counts[smallest])} images")
+
+    def class_label(self, split: str, index: int) -> str:
+        """How errors name class `index` (its label) of a split."""
+        return "a class"
 
     def sample_rows(self, split: str, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Image rows [T, ways, shots + queries] of the split's image tensor: row [t, c] holds

@@ -1,10 +1,13 @@
-"""Image classification through the real console scripts, on the real Omniglot and MNIST."""
+"""Image classification through the real console scripts, on the real Omniglot and MNIST, and on
+an image folder the test writes."""
 
 import json
+import os
 
 import torch
 
 from tests.helpers import ok, run_cli
+from tests.tasks.test_folder import write_tree
 
 
 def maml_eval(run_dir, cwd, env, *args):
@@ -48,3 +51,19 @@ def test_conv4_on_mnist_runs_both_engines(tmp_path, data_env):
                    f"engine={engine}", "trainer.iterations=3", "trainer.val_every=3",
                    "trainer.val_tasks=4", "inner.eval_steps=1", f"hydra.run.dir={engine}",
                    cwd=tmp_path, env=data_env))
+
+
+def test_your_own_image_folder_trains_and_evaluates(tmp_path):
+    tree = write_tree(tmp_path / "my images", layout="file", images=4, mode="RGB", suffix=".jpg")
+    ok(run_cli("maml-train", "task=folder", f"task.path={tree}", "task.ways=3", "task.queries=2",
+               "task.image_size=16", "model=conv4", "model.filters=8", "trainer.iterations=4",
+               "trainer.meta_batch_size=2", "trainer.val_every=2", "trainer.val_tasks=4",
+               "inner.eval_steps=2", "hydra.run.dir=run", cwd=tmp_path,
+               env={**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}))
+    steps, report = maml_eval(tmp_path / "run", tmp_path, {**os.environ, "MAML_CACHE_DIR":
+                                                           str(tmp_path / "cache")}, "eval.tasks=6")
+    assert report["metric"] == "accuracy" and report["tasks"] == 6 and set(steps) == {0, 1, 2}
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["config"]["task"]["path"] == str(tree)
+    assert state["model"]["0.weight"].shape == (8, 3, 3, 3)  # colour, inferred
+    assert len(list((tmp_path / "cache").glob("folder-16px-autoch-*.pt"))) == 1
