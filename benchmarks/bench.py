@@ -6,7 +6,7 @@ warm-up, and the median is reported. The warm-up run also gives each one's meta-
 distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU (second order)
 the resident set of a fresh process running one meta-iteration.
 
-    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3] [--compile W1,W2]
+    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3,W4] [--compile W1,W2]
                                [--out results.json]
 """
 
@@ -48,6 +48,7 @@ from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.gaussian_mlp import GaussianMLP
 from maml_cli.models.mlp import MLP
+from maml_cli.models.resnet12 import ResNet12
 from maml_cli.optim import TRPO
 from maml_cli.tasks.navigation import Navigation2D
 from maml_cli.trainer import Trainer
@@ -63,10 +64,13 @@ class Workload:
     shots: int = 10
     queries: int = 10  # per class for classification
     repeats: int = 3
+    backbone: str = "conv4"  # for classification: conv4 or resnet12
 
     def model(self) -> torch.nn.Module:
         if not self.ways:
             return MLP((1,), 1, hidden=(40, 40))
+        if self.backbone == "resnet12":
+            return ResNet12((1, 28, 28), self.ways)
         return Conv4((1, 28, 28), self.ways, filters=64)
 
     def loss(self, prediction, target):
@@ -97,7 +101,11 @@ WORKLOADS = {
                    32, 1, 0.4, ways=5, shots=1, queries=15),
     "W3": Workload("Omniglot 20-way 1-shot conv4, 16 tasks, 15 queries/class, 5 steps",
                    16, 5, 0.1, ways=20, shots=1, queries=15, repeats=2),
+    # Not in the default run: minutes per meta-iteration on a 2-core CPU.
+    "W4": Workload("W2 with ResNet-12 (64-160-320-640) instead of conv4", 32, 1, 0.4, ways=5,
+                   shots=1, queries=15, repeats=2, backbone="resnet12"),
 }
+DEFAULT_WORKLOADS = "W1,W2,W3"
 
 
 # Each implementation leaves the meta-gradient (mean query loss over tasks) in .grad.
@@ -541,7 +549,8 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--workloads", default=DEFAULT_WORKLOADS,
+                        help=f"of {', '.join(WORKLOADS)} (default {DEFAULT_WORKLOADS})")
     parser.add_argument("--orders", default="second,first")
     parser.add_argument("--algorithms", default="W1,W2",
                         help="workloads to time every algorithm on ('' for none)")
@@ -570,7 +579,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     compiled = (args.compile if args.compile is not None
-                else "W1,W2" if device.type == "cpu" else ",".join(WORKLOADS)).split(",")
+                else "W1,W2" if device.type == "cpu" else DEFAULT_WORKLOADS).split(",")
     results = [bench(name, WORKLOADS[name], device, order == "first", name in compiled)
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)

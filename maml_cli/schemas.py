@@ -118,6 +118,11 @@ class Conv4Config(Target):
 
 
 @dataclass
+class ResNet12Config(Target):
+    channels: list[int] = MISSING
+
+
+@dataclass
 class MAMLConfig(Target):
     first_order: bool = MISSING
     first_order_until: int = MISSING
@@ -185,7 +190,8 @@ SCHEMAS = {
              "miniimagenet": MiniImageNetConfig, "folder": FolderConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
-    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "gaussian_mlp": GaussianMLPConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,
+              "gaussian_mlp": GaussianMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
                   "pretrain": Target, "protonet": Target},
     "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},

@@ -64,3 +64,9 @@ def test_the_trainer_report_times_the_engine_inside_the_whole_trainer(tmp_path, 
     assert result["overhead"] == pytest.approx(result["trainer_ms"] / result["engine_ms"] - 1)
     assert "| the trainer, ms/iteration |" in bench.markdown({"results": [],
                                                               "trainer": [result]})
+
+
+def test_w4_is_w2_with_resnet12_and_only_on_request():
+    w2, w4 = bench.WORKLOADS["W2"], bench.WORKLOADS["W4"]
+    assert (w4.tasks, w4.ways, w4.shots, w4.queries) == (w2.tasks, w2.ways, w2.shots, w2.queries)
+    assert isinstance(w4.model(), bench.ResNet12) and "W4" not in bench.DEFAULT_WORKLOADS

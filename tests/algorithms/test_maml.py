@@ -10,6 +10,7 @@ from maml_cli.engine import STRATEGIES, Engine
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
+from maml_cli.models.resnet12 import ResNet12
 from maml_cli.tasks.images import ImageTasks
 from maml_cli.tasks.sinusoid import Sinusoid
 
@@ -36,6 +37,23 @@ def naive_conv4(weights, x):
     return x.mean(dim=(2, 3)) @ weights[-2].T + weights[-1]
 
 
+def naive_resnet12(weights, x):
+    """ResNet-12 (three conv-norm layers and a 1x1 shortcut per block, LeakyReLU 0.1, 2x2
+    max-pooling, batch-statistics norm, spatial mean) written out by hand."""
+    def norm(x, gamma, beta):
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5) * gamma[:, None, None] + beta[:, None, None]
+
+    for i in range(4):
+        w = weights[12 * i: 12 * i + 12]
+        out = F.leaky_relu(norm(F.conv2d(x, w[0], padding=1), w[1], w[2]), 0.1)
+        out = F.leaky_relu(norm(F.conv2d(out, w[3], padding=1), w[4], w[5]), 0.1)
+        out = norm(F.conv2d(out, w[6], padding=1), w[7], w[8])
+        x = F.max_pool2d(F.leaky_relu(out + norm(F.conv2d(x, w[9]), w[10], w[11]), 0.1), 2)
+    return x.mean(dim=(2, 3)) @ weights[-2].T + weights[-1]
+
+
 def sinusoid_case(seed, tasks):
     torch.manual_seed(seed)
     model = MLP((1,), 1, hidden=(16, 16)).double()
@@ -54,6 +72,17 @@ def conv4_case(seed, tasks, ways=3, shots=2, queries=2):
     episode = Episode(x[:, :split], y[:, :split], x[:, split:], y[:, split:])
     metric = ImageTasks.metric
     return model, F.cross_entropy, lambda p, t: metric(None, p, t), episode, naive_conv4
+
+
+def resnet12_case(seed, tasks, ways=3, shots=2, queries=2):
+    torch.manual_seed(seed)
+    model = ResNet12((1, 16, 16), ways, channels=(3, 4, 4, 5)).double()
+    x = torch.rand(tasks, ways * (shots + queries), 1, 16, 16, dtype=torch.float64)
+    y = torch.arange(ways).repeat(tasks, shots + queries)
+    split = ways * shots
+    episode = Episode(x[:, :split], y[:, :split], x[:, split:], y[:, split:])
+    metric = ImageTasks.metric
+    return model, F.cross_entropy, lambda p, t: metric(None, p, t), episode, naive_resnet12
 
 
 CASES = {"mlp": sinusoid_case, "conv4": conv4_case}
@@ -92,8 +121,8 @@ def first_order_formula(weights, case, steps):
     return result
 
 
-def engine_meta_gradient(model_name, strategy, first_order, steps, seed=0):
-    case = CASES[model_name](seed, tasks=4)
+def engine_meta_gradient(model_name, strategy, first_order, steps, seed=0, tasks=4):
+    case = (CASES | {"resnet12": resnet12_case})[model_name](seed, tasks=tasks)
     model, loss_fn, metric_fn, episode, _ = case
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=steps), first_order=first_order)
     params = dict(model.named_parameters())
@@ -176,3 +205,10 @@ def test_task_loss_reports_metrics_before_and_after_adaptation():
                for t in range(2)) / 2
     torch.testing.assert_close(metrics["loss_pre"], want)
     assert set(metrics) == {"loss_pre", "loss_post", "metric_pre", "metric_post"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_resnet12_second_order_meta_gradient_matches_unrolled_reference(strategy):
+    """One step on two tasks: float64 convolutions' double backward is slow on the CPU."""
+    got, weights, case = engine_meta_gradient("resnet12", strategy, False, steps=1, tasks=2)
+    assert_close(got, naive_meta_gradient(weights, case, 1, first_order=False))

@@ -85,7 +85,7 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
     assert "checkpoint:" in eval_help and "tasks:" in eval_help
     # Only the groups a user chooses from: no structured-config registrations (schema/...).
     for text in (helped, eval_help):
-        assert "schema" not in text and "model: conv4, gaussian_mlp, mlp" in text
+        assert "schema" not in text and "model: conv4, gaussian_mlp, mlp, resnet12" in text
 
 
 def test_shell_completion_offers_only_the_groups_a_user_chooses_from(tmp_path):

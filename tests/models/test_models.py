@@ -5,6 +5,7 @@ from torch import nn
 from maml_cli.errors import UserError
 from maml_cli.models.conv4 import BatchStatNorm, Conv4
 from maml_cli.models.mlp import MLP
+from maml_cli.models.resnet12 import ResNet12
 
 
 def test_mlp_shapes():
@@ -24,6 +25,23 @@ def test_conv4_options_match_the_reference_nets():
     for bad in ({"downsample": "avg"}, {"norm": "layer"}, {"filters": 0}):
         with pytest.raises(UserError, match="model."):
             Conv4((1, 28, 28), 5, **bad)
+
+
+def test_resnet12_is_four_residual_blocks_halving_the_image_then_a_head():
+    model = ResNet12((3, 84, 84), 5)
+    assert sum(p.numel() for p in model.parameters()) == 12_427_525  # docs/performance.md
+    features = nn.Sequential(*list(model)[:4])(torch.rand(2, 3, 84, 84))
+    assert features.shape == (2, 640, 5, 5)  # 84 -> 42 -> 21 -> 10 -> 5
+    assert isinstance(model[-1], nn.Linear) and model[-1].in_features == 640
+    small = ResNet12((1, 16, 16), 3, channels=(2, 3, 4, 5))
+    assert small(torch.rand(4, 1, 16, 16)).shape == (4, 3)
+    # Its norm layers use the batch's own statistics: an image's features depend on its batch.
+    x, body = torch.rand(4, 1, 16, 16), nn.Sequential(*list(small)[:4])
+    assert not torch.allclose(body(x)[:2], body(x[:2]))
+    with pytest.raises(UserError, match="needs images of at least 16x16, not 12x12"):
+        ResNet12((1, 12, 12), 3)
+    with pytest.raises(UserError, match="model.channels must be 4 numbers"):
+        ResNet12((1, 16, 16), 3, channels=(4, 4, 4))
 
 
 def test_batch_stat_norm_normalises_each_batch_by_its_own_statistics():
