@@ -92,8 +92,9 @@ def check_model_fits(node: DictConfig, task: TaskFamily) -> None:
     if getattr(model_class, "takes_images", False) and len(task.input_shape) != 3:
         fits = "gaussian_mlp" if task.needs_policy else "mlp"
         raise UserError(f"{model_class.__name__} is a model for image tasks (task=omniglot, "
-                        f"mnist, miniimagenet, folder), and {type(task).__name__}'s inputs are "
-                        f"not images (shape {list(task.input_shape)}): use model={fits}")
+                        f"mnist, miniimagenet, cifar_fs, fc100, folder), and "
+                        f"{type(task).__name__}'s inputs are not images (shape "
+                        f"{list(task.input_shape)}): use model={fits}")
 
 
 def build(cfg: DictConfig) -> Run:

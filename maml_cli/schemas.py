@@ -188,6 +188,7 @@ class TRPOConfig(Target):
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
              "miniimagenet": MiniImageNetConfig, "folder": FolderConfig,
+             "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,

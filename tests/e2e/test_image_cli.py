@@ -7,6 +7,7 @@ import os
 import torch
 
 from tests.helpers import ok, run_cli
+from tests.tasks.test_cifar import write_cifar100
 from tests.tasks.test_folder import write_tree
 
 
@@ -79,3 +80,13 @@ def test_resnet12_trains_and_evaluates_with_every_engine(tmp_path, data_env):
     assert set(steps) == {0, 1} and report["tasks"] == 4
     state = torch.load(tmp_path / "vmap/checkpoints/last.pt", weights_only=True)
     assert state["model"]["3.conv3.weight"].shape == (8, 8, 3, 3)
+
+
+def test_fc100_trains_and_evaluates_from_cifar100_files(tmp_path):
+    env = {**os.environ, "MAML_DATA_ROOT": str(write_cifar100(tmp_path / "data"))}
+    ok(run_cli("maml-train", "task=fc100", "task.queries=2", "model=conv4", "model.filters=8",
+               "trainer.iterations=2", "trainer.meta_batch_size=2", "trainer.val_every=2",
+               "trainer.val_tasks=4", "inner.eval_steps=1", "hydra.run.dir=run", cwd=tmp_path,
+               env=env))
+    steps, report = maml_eval(tmp_path / "run", tmp_path, env, "eval.tasks=4")
+    assert set(steps) == {0, 1} and report["tasks"] == 4
