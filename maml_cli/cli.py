@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
-from maml_cli import distributed, jobs
+from maml_cli import config, distributed, jobs
 from maml_cli.config import config_dir, config_groups
 from maml_cli.errors import UserError
 
@@ -55,6 +55,8 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
             check_group_choices(sys.argv[1:])
         except UserError as e:
             fail(prog, e)
+        arguments, config.onto_checkpoint = config.split_onto_checkpoint(sys.argv[1:])
+        sys.argv[1:] = arguments
         # Make Hydra raise its composition errors to us instead of printing them over several
         # lines; a user who set HYDRA_FULL_ERROR=1 gets Hydra's full report as usual.
         full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"

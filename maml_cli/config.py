@@ -42,10 +42,33 @@ def config_groups() -> list[str]:
 _FROM_COMMAND = ("device", "data", "eval", "trainer.stop_after")
 
 
+# Set by split_onto_checkpoint() for the command being run: its overrides that from_checkpoint
+# applies to the checkpoint's config, out of Hydra's sight.
+onto_checkpoint: list[str] = []
+
+
+def split_onto_checkpoint(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's arguments, the rest) of a command run from a checkpoint (resume=..., checkpoint=
+    ...): keys of a config group whose option the command does not choose (task.horizon=50) are
+    the rest. Hydra would check them against the group's default option (sinusoid's config has
+    no horizon); they belong to the checkpoint's own option, so from_checkpoint applies them
+    there. Other commands, and sweeps, keep every argument for Hydra."""
+    if "-m" in argv or "--multirun" in argv or not any(
+            a.split("=", 1)[0] in ("resume", "checkpoint") and a.split("=", 1)[1:] != [""]
+            for a in argv):
+        return argv, []
+    groups = config_groups()
+    chosen = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    rest = [a for a in argv if "=" in a and not a.startswith(("+", "~"))
+            and "." in a.split("=", 1)[0] and a.split(".", 1)[0] in groups
+            and a.split(".", 1)[0] not in chosen]
+    return [a for a in argv if a not in rest], rest
+
+
 def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config of a run continued or evaluated from a checkpoint: the checkpoint's own config,
     with the _FROM_COMMAND keys and the keys the user overrode on this command line taken
-    from `cfg`."""
+    from `cfg`, and the onto_checkpoint keys applied to it."""
     merged = OmegaConf.create(stored)
     # Trainer keys added since the checkpoint was written take their defaults.
     merged.trainer = OmegaConf.merge(OmegaConf.structured(schemas.TrainerConfig), merged.trainer)
@@ -60,8 +83,31 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     for key in keys:
         if key not in groups and OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    for override in onto_checkpoint:
+        key = override.split("=", 1)[0]
+        old = OmegaConf.select(merged, key, default=_ABSENT)
+        if old is _ABSENT:
+            raise UserError(f"{key} is not a key of the checkpoint's {key.split('.')[0]} config")
+        value = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
+        if not _same_kind(old, value):
+            raise UserError(f"{override}: the checkpoint's {key} is {type(old).__name__} "
+                            f"({old!r})")
+        OmegaConf.update(merged, key, value, merge=False)
     OmegaConf.set_struct(merged, True)
     return merged
+
+
+_ABSENT = object()
+
+
+def _same_kind(old: Any, value: Any) -> bool:
+    """Whether an override's value may stand for a checkpoint's: the same type, a whole number
+    for a float, or null on either side (the checkpoint's config carries no schema)."""
+    if old is None or value is None:
+        return True
+    if isinstance(old, float) and not isinstance(value, bool):
+        return isinstance(value, (int, float))
+    return type(old) is type(value)
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

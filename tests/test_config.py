@@ -4,7 +4,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from maml_cli.config import config_dir, config_groups, from_checkpoint, register_configs
+from maml_cli import config
+from maml_cli.config import (
+    config_dir,
+    config_groups,
+    from_checkpoint,
+    register_configs,
+    split_onto_checkpoint,
+)
 from maml_cli.errors import UserError
 from maml_cli.schemas import RULES, check_values
 
@@ -183,3 +190,25 @@ def test_family_presets_carry_their_papers_settings():
     assert (reptile.outer._target_, reptile.outer.lr) == ("torch.optim.SGD", 1.0)
     assert (reptile.trainer.lr_schedule, reptile.trainer.min_lr) == ("linear", 0.0)
     assert (reptile.task.shots, reptile.algorithm.inner_batch_size) == (10, 10)
+
+
+def test_a_checkpoints_own_task_keys_are_set_onto_it_not_composed_by_hydra(monkeypatch):
+    argv = ["checkpoint=run", "task.horizon=20", "inner.eval_steps=5", "model=mlp",
+            "model.hidden=[8]", "+task.extra=1", "eval.tasks=4"]
+    assert split_onto_checkpoint(argv) == (
+        ["checkpoint=run", "model=mlp", "model.hidden=[8]", "+task.extra=1", "eval.tasks=4"],
+        ["task.horizon=20", "inner.eval_steps=5"])
+    for other in (argv[1:], ["-m", *argv], ["checkpoint=", "task.horizon=20"]):
+        assert split_onto_checkpoint(other) == (other, [])  # not from a checkpoint, or a sweep
+    stored = OmegaConf.to_container(compose_train("+experiment=navigation2d_maml"), resolve=True)
+    cfg = compose_train("checkpoint=x", name="eval")
+    monkeypatch.setattr(config, "onto_checkpoint", ["task.horizon=20", "task.goal_range=[0,1]"])
+    merged = from_checkpoint(stored, cfg, ["checkpoint=x"])
+    assert merged.task.horizon == 20 and list(merged.task.goal_range) == [0, 1]
+    for bad, message in ((["task.horizn=20"], "task.horizn is not a key of the checkpoint's "
+                                              "task config"),
+                         (["task.horizon=abc"], "task.horizon=abc: the checkpoint's "
+                                                "task.horizon is int")):
+        monkeypatch.setattr(config, "onto_checkpoint", bad)
+        with pytest.raises(UserError, match=message):
+            from_checkpoint(stored, cfg, ["checkpoint=x"])

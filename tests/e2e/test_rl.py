@@ -49,6 +49,10 @@ def test_navigation_trains_evaluates_and_resumes_exactly(tmp_path):
     assert all(math.isfinite(r["mean"]) and -15 < r["mean"] <= 0 for r in report["results"])
     # The paper's navigation panel: paths before and after adaptation, with the goal.
     assert (tmp_path / "full/checkpoints/eval_paths.png").read_bytes()[:4] == b"\x89PNG"
+    # A key of the checkpoint's own task, which the command's default task lacks: 5 steps now.
+    ok(run_cli("maml-eval", "checkpoint=full", "eval.tasks=6", "task.horizon=5", cwd=tmp_path))
+    report = json.loads((tmp_path / "full/checkpoints/eval.json").read_text())
+    assert all(-5 < r["mean"] <= 0 for r in report["results"])
 
 
 def test_half_cheetah_trains_and_evaluates_without_mujocos_model_warning(tmp_path):
