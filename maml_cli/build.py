@@ -19,7 +19,7 @@ from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
 from maml_cli.engine import Engine, choose_compile, choose_strategy
 from maml_cli.errors import UserError
-from maml_cli.schemas import EvalConfig, TrainerConfig
+from maml_cli.schemas import SCHEMAS, EvalConfig, ImageTaskConfig, TrainerConfig
 from maml_cli.tasks.base import DataPlace, TaskFamily
 
 
@@ -91,10 +91,11 @@ def check_model_fits(node: DictConfig, task: TaskFamily) -> None:
         return
     if getattr(model_class, "takes_images", False) and len(task.input_shape) != 3:
         fits = "gaussian_mlp" if task.needs_policy else "mlp"
-        raise UserError(f"{model_class.__name__} is a model for image tasks (task=omniglot, "
-                        f"mnist, miniimagenet, cifar_fs, fc100, folder), and "
-                        f"{type(task).__name__}'s inputs are not images (shape "
-                        f"{list(task.input_shape)}): use model={fits}")
+        images = sorted(name for name, schema in SCHEMAS["task"].items()
+                        if issubclass(schema, ImageTaskConfig))
+        raise UserError(f"{model_class.__name__} is a model for image tasks (task="
+                        f"{', '.join(images)}), and {type(task).__name__}'s inputs are not "
+                        f"images (shape {list(task.input_shape)}): use model={fits}")
 
 
 def build(cfg: DictConfig) -> Run:

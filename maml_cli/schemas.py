@@ -62,7 +62,7 @@ class MNISTConfig(ImageTaskConfig):
 
 
 @dataclass
-class MiniImageNetConfig(ImageTaskConfig):
+class ResizedImageTaskConfig(ImageTaskConfig):  # mini-ImageNet, CUB
     image_size: int = MISSING
 
 
@@ -187,8 +187,8 @@ class TRPOConfig(Target):
 
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
-             "miniimagenet": MiniImageNetConfig, "folder": FolderConfig,
-             "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig,
+             "miniimagenet": ResizedImageTaskConfig, "folder": FolderConfig,
+             "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig, "cub": ResizedImageTaskConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,

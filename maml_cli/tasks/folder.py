@@ -116,6 +116,8 @@ class FolderTasks(ImageTasks):
     which must then be the same for all); `channels`: 1 or 3 (null: 1 when every image is
     greyscale, else 3)."""
 
+    cache_name = "folder"
+
     def __init__(self, path: str, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, image_size: int | None = None,
                  channels: int | None = None, split_file: str | None = None,
@@ -125,14 +127,18 @@ class FolderTasks(ImageTasks):
                            else self.path / SPLIT_FILE)
         super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
 
-    def load_splits(self):
+    def class_split(self) -> dict[str, list[Path]]:
+        """The class folders of each split."""
         if not self.path.is_dir():
             raise UserError(f"task.path={self.path} is not a folder")
-        classes = class_folders(self.path, self.split_file)
+        return class_folders(self.path, self.split_file)
+
+    def load_splits(self):
+        classes = self.class_split()
         sources = [self.path] + ([self.split_file] if self.split_file.is_file()
                                  and not self.split_file.resolve().is_relative_to(
                                      self.path.resolve()) else [])
-        name = f"folder-{self.image_size or 'native'}px-{self.channels or 'auto'}ch"
+        name = f"{self.cache_name}-{self.image_size or 'native'}px-{self.channels or 'auto'}ch"
         dataset = cached(self.data.cache_dir, name, CACHE_FORMAT, sources,
                          lambda: decode(classes, self.image_size, self.channels))
         self.class_names = dataset["classes"]
