@@ -189,6 +189,7 @@ SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
              "miniimagenet": ResizedImageTaskConfig, "folder": FolderConfig,
              "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig, "cub": ResizedImageTaskConfig,
+             "tiered_imagenet": ImageTaskConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,

@@ -65,11 +65,6 @@ class CIFAR100Tasks(ImageTasks):
     split_file: str
     by_superclass: bool
 
-    def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None, loss_scale: float = 1.0, device="cpu",
-                 data=None):
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
-
     def load_splits(self):
         cifar = read_cifar100(Path(self.data.root).expanduser(), bool(self.data.download))
         names = cifar["coarse_names"] if self.by_superclass else cifar["fine_names"]

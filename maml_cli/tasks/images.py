@@ -100,8 +100,9 @@ class ImageTasks(TaskFamily):
     metric_name = "accuracy"
     higher_is_better = True
 
-    def __init__(self, ways: int, shots: int, queries: int, eval_queries: int | None = None,
-                 loss_scale: float = 1.0, device: torch.device | str = "cpu", data=None):
+    def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
+                 eval_queries: int | None = None, loss_scale: float = 1.0,
+                 device: torch.device | str = "cpu", data=None):
         super().__init__(device, data)
         self.ways, self.shots, self.queries = ways, shots, queries
         self.eval_queries = queries if eval_queries is None else eval_queries

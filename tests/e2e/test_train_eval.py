@@ -77,7 +77,7 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
                     "checkpoint_every:", "lr:", "steps:", "eval_steps:", "resume:", "tasks:"):
             assert key in text, key
     assert ("task: cifar_fs, cub, fc100, folder, halfcheetah_dir, halfcheetah_vel, miniimagenet, "
-            "mnist, navigation2d, omniglot, sinusoid") in helped
+            "mnist, navigation2d, omniglot, sinusoid, tiered_imagenet") in helped
     assert "algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, reptile" in helped
     assert "inner: adam, sgd" in helped
     eval_help = subprocess.run([sys.executable, "-m", "maml_cli.eval", "--help"], cwd=tmp_path,

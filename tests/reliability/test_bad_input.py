@@ -10,7 +10,7 @@ from tests.helpers import assert_one_line_error, run_cli
 TRAIN_CASES = [
     (["task=nope"],
      "unknown task 'nope' (choose from: cifar_fs, cub, fc100, folder, halfcheetah_dir, "
-     "halfcheetah_vel, miniimagenet, mnist, navigation2d, omniglot, sinusoid)"),
+     "halfcheetah_vel, miniimagenet, mnist, navigation2d, omniglot, sinusoid, tiered_imagenet)"),
     (["algorithm=maml,nope"], "unknown algorithm 'nope'"),
     (["inner.lr=-0.1"], "inner.lr must be > 0 (got -0.1)"),
     (["outer.lr=0"], "outer.lr must be > 0"),
@@ -27,8 +27,8 @@ TRAIN_CASES = [
     (["outer.betaz=1"], "Key 'betaz' not in 'AdamConfig'"),
     (["resume=does/not/exist.pt"], "checkpoint not found: does/not/exist.pt"),
     (["model=conv4"], "Conv4 is a model for image tasks (task=cifar_fs, cub, fc100, folder, "
-     "miniimagenet, mnist, omniglot), and Sinusoid's inputs are not images (shape [1]): use "
-     "model=mlp"),
+     "miniimagenet, mnist, omniglot, tiered_imagenet), and Sinusoid's inputs are not images "
+     "(shape [1]): use model=mlp"),
     (["task=folder", "model=conv4"], "task.path needs a value: add task.path=... to the "
      "command"),
     (["task=navigation2d", "model=conv4"], "and Navigation2D's inputs are not images (shape "
