@@ -63,26 +63,26 @@ def sinusoid_case(seed, tasks):
     return model, task.loss, task.metric, episode, naive_mlp
 
 
-def conv4_case(seed, tasks, ways=3, shots=2, queries=2):
+def image_case(seed, tasks, model_fn, size, naive, ways=3, shots=2, queries=2):
     torch.manual_seed(seed)
-    model = Conv4((1, 12, 12), ways, filters=4).double()
-    x = torch.rand(tasks, ways * (shots + queries), 1, 12, 12, dtype=torch.float64)
+    model = model_fn(ways).double()
+    x = torch.rand(tasks, ways * (shots + queries), 1, size, size, dtype=torch.float64)
     y = torch.arange(ways).repeat(tasks, shots + queries)
     split = ways * shots
     episode = Episode(x[:, :split], y[:, :split], x[:, split:], y[:, split:])
     metric = ImageTasks.metric
-    return model, F.cross_entropy, lambda p, t: metric(None, p, t), episode, naive_conv4
+    return model, F.cross_entropy, lambda p, t: metric(None, p, t), episode, naive
 
 
-def resnet12_case(seed, tasks, ways=3, shots=2, queries=2):
-    torch.manual_seed(seed)
-    model = ResNet12((1, 16, 16), ways, channels=(3, 4, 4, 5)).double()
-    x = torch.rand(tasks, ways * (shots + queries), 1, 16, 16, dtype=torch.float64)
-    y = torch.arange(ways).repeat(tasks, shots + queries)
-    split = ways * shots
-    episode = Episode(x[:, :split], y[:, :split], x[:, split:], y[:, split:])
-    metric = ImageTasks.metric
-    return model, F.cross_entropy, lambda p, t: metric(None, p, t), episode, naive_resnet12
+def conv4_case(seed, tasks):
+    return image_case(seed, tasks, lambda ways: Conv4((1, 12, 12), ways, filters=4), 12,
+                      naive_conv4)
+
+
+def resnet12_case(seed, tasks):
+    return image_case(seed, tasks, lambda ways: ResNet12((1, 16, 16), ways,
+                                                         channels=(3, 4, 4, 5)), 16,
+                      naive_resnet12)
 
 
 CASES = {"mlp": sinusoid_case, "conv4": conv4_case}
