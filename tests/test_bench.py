@@ -59,7 +59,7 @@ def test_the_rl_report_times_every_phase_and_renders():
 
 def test_the_trainer_report_times_the_engine_inside_the_whole_trainer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = bench.bench_trainer(torch.device("cpu"), iterations=30)
+    result = bench.bench_trainer(torch.device("cpu"), iterations=10)
     assert result["engine"] == "vmap" and 0 < result["engine_ms"] < result["trainer_ms"]
     assert result["overhead"] == pytest.approx(result["trainer_ms"] / result["engine_ms"] - 1)
     assert "| the trainer, ms/iteration |" in bench.markdown({"results": [],
