@@ -45,10 +45,9 @@ class HalfCheetah(RLTask):
 
     observation_size = 17
     action_size = 6
-    # Each rollout stepped at once holds its own MuJoCo simulator, about 2 MB: one iteration of
-    # the preset peaked at 4.9 GB stepping its 800 rollouts at once, 3.6 GB 200 at a time, as
-    # fast (the simulation, not the policy's calls, sets the pace), and maml-eval's batches of
-    # 100 tasks would step 2,000.
+    # Each rollout stepped at once holds its own MuJoCo simulator: the preset's 800 at once, or
+    # maml-eval's batches of 100 tasks (2,000), took gigabytes more than 200 at a time, which
+    # steps as fast (the simulation, not the policy's calls, sets the pace).
     max_rollouts = 200
 
     def __init__(self, shots: int = 20, queries: int = 20, horizon: int = 200,
