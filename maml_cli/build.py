@@ -83,19 +83,26 @@ def seed_all(seed: int) -> None:
 
 
 def check_model_fits(node: DictConfig, task: TaskFamily) -> None:
-    """An image model on a task whose inputs are not images, in one line, before the model's
-    first convolution fails on them."""
+    """A model that does not fit the task, in one line naming both, before it is built (an
+    image model's first convolution would fail on other inputs)."""
     try:
         model_class = get_class(node._target_)
     except Exception:  # make() reports an unloadable _target_ in its own words
         return
+    name = model_class.__name__
     if getattr(model_class, "takes_images", False) and len(task.input_shape) != 3:
         fits = "gaussian_mlp" if task.needs_policy else "mlp"
-        images = sorted(name for name, schema in SCHEMAS["task"].items()
+        images = sorted(option for option, schema in SCHEMAS["task"].items()
                         if issubclass(schema, ImageTaskConfig))
-        raise UserError(f"{model_class.__name__} is a model for image tasks (task="
-                        f"{', '.join(images)}), and {type(task).__name__}'s inputs are not "
-                        f"images (shape {list(task.input_shape)}): use model={fits}")
+        raise UserError(f"{name} is a model for image tasks (task={', '.join(images)}), and "
+                        f"{type(task).__name__}'s inputs are not images (shape "
+                        f"{list(task.input_shape)}): use model={fits}")
+    if task.needs_policy != getattr(model_class, "is_policy", False):
+        raise UserError(
+            f"{type(task).__name__} is a reinforcement-learning task: it needs a policy "
+            f"(model=gaussian_mlp), not {name}" if task.needs_policy else
+            f"{name} is a policy, for reinforcement-learning tasks (task=navigation2d, "
+            f"halfcheetah_vel, halfcheetah_dir); {type(task).__name__} needs model=mlp or conv4")
 
 
 def build(cfg: DictConfig) -> Run:
@@ -106,13 +113,6 @@ def build(cfg: DictConfig) -> Run:
                 data=DataPlace(**OmegaConf.to_container(cfg.data, resolve=True)))
     check_model_fits(cfg.model, task)
     model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
-    if task.needs_policy != getattr(model, "is_policy", False):
-        raise UserError(
-            f"{type(task).__name__} is a reinforcement-learning task: it needs a policy "
-            f"(model=gaussian_mlp), not {type(model).__name__}" if task.needs_policy else
-            f"{type(model).__name__} is a policy, for reinforcement-learning tasks "
-            f"(task=navigation2d, halfcheetah_vel, halfcheetah_dir); {type(task).__name__} "
-            "needs model=mlp or conv4")
     # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
     # Without them it normalises with batch statistics in training and test alike, as conv4's
     # norm and MAML's reference code do.

@@ -14,12 +14,12 @@ class Pretrain(MAML):
     On image tasks the labels are each task's own shuffled class order, so joint training can
     only learn features, not a classifier; the paper ran this baseline on sinusoids only."""
 
+    adapts_in_training = False  # its RL rollouts all come from the one, unadapted policy
+
     def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
                  objective_fn=None, kl_fn=None):
         super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
                          kl_fn)
-
-    adapts_in_training = False
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         data = self.data_fn(support_x, support_y, query_x, query_y)
