@@ -25,22 +25,28 @@ from maml_cli.tasks.base import DataPlace, TaskFamily
 
 class OuterSchedule:
     """The outer learning rate of each iteration: constant, or annealed from the optimizer's own
-    rate to `min_lr` over the run by a half cosine (MAML++) or a line (Reptile). A function of
-    the iteration alone, so the iteration in a checkpoint is all it needs to resume exactly."""
+    rate towards `min_lr` by a half cosine over the run (MAML++), a line over the run (Reptile),
+    or steps: times `decay` every `decay_every` iterations (Prototypical and Relation Networks).
+    A function of the iteration alone, so the iteration in a checkpoint is all it needs to
+    resume exactly."""
 
     SHAPES = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
               "linear": lambda p: 1 - p}
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: str, iterations: int,
-                 min_lr: float):
-        self.optimizer, self.shape, self.iterations = optimizer, self.SHAPES[schedule], iterations
+                 min_lr: float, decay_every: int | None = None, decay: float = 0.5):
+        if schedule == "step":
+            self.shape = lambda done: decay ** (done // decay_every)
+        else:
+            shape = self.SHAPES[schedule]
+            self.shape = lambda done: shape(min(done / max(iterations, 1), 1.0))
+        self.optimizer = optimizer
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.floor = min_lr / self.base_lrs[0]
 
     def factor(self, done: int) -> float:
         """The factor after `done` finished iterations."""
-        progress = min(done / max(self.iterations, 1), 1.0)
-        return self.floor + (1 - self.floor) * self.shape(progress)
+        return self.floor + (1 - self.floor) * self.shape(done)
 
     def start(self, iteration: int) -> None:
         """Set the rate of iteration 1, 2, ..."""
@@ -134,7 +140,8 @@ def build(cfg: DictConfig) -> Run:
         raise UserError("outer=trpo bounds the KL between policies: it needs an RL task "
                         "(task=navigation2d, halfcheetah_vel, halfcheetah_dir) and a MAML-based "
                         "algorithm")
-    schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr)
+    schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr,
+                             trainer.lr_decay_every, trainer.lr_decay)
     return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer,
                EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True)), cfg.seed,
                OmegaConf.to_container(cfg, resolve=True))

@@ -115,6 +115,7 @@ class Conv4Config(Target):
     norm: str = MISSING
     spatial_mean: bool = MISSING
     init: str = MISSING
+    downsample_blocks: int = MISSING
 
 
 @dataclass
@@ -138,6 +139,12 @@ class MAMLConfig(Target):
 @dataclass
 class ReptileConfig(Target):
     inner_batch_size: int | None = MISSING
+
+
+@dataclass
+class RelationNetConfig(Target):
+    filters: int = MISSING
+    hidden: int = MISSING
 
 
 @dataclass
@@ -195,7 +202,7 @@ SCHEMAS = {
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,
               "gaussian_mlp": GaussianMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
-                  "pretrain": Target, "protonet": Target},
+                  "pretrain": Target, "protonet": Target, "relationnet": RelationNetConfig},
     "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},
     "outer": {"adam": AdamConfig, "sgd": SGDConfig, "trpo": TRPOConfig},
 }
@@ -217,8 +224,12 @@ class TrainerConfig:
     log_every: int = 50
     # stop: a NaN/inf meta-loss or meta-gradient stops the run; skip: drops that meta-batch.
     nan_policy: str = "stop"
-    lr_schedule: str = "constant"  # the outer learning rate: constant, or cosine / linear ...
-    min_lr: float = 0.0  # ... annealing down to this at the last iteration
+    # The outer learning rate: constant, or cosine / linear annealing down to min_lr at the
+    # last iteration, or step: times lr_decay every lr_decay_every iterations (towards min_lr).
+    lr_schedule: str = "constant"
+    min_lr: float = 0.0
+    lr_decay_every: int | None = None
+    lr_decay: float = 0.5
     # Speed switches (docs/performance.md has the measurements). compile: torch.compile the
     # meta-batch, 1.7-3.3x faster per iteration after 30 s to minutes of compiling; auto: on
     # CUDA only. amp: bf16 autocast, at best 8% faster and its second-order meta-gradients are
@@ -295,7 +306,7 @@ def register() -> None:
 
 ENGINES = ("auto", *STRATEGIES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "step")
 
 
 def at_least(n: int) -> tuple[str, Callable[[Any], bool]]:
@@ -334,6 +345,9 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.nan_policy", "stop or skip", lambda v: v in ("stop", "skip")),
     ("trainer.lr_schedule", f"one of {', '.join(SCHEDULES)}", lambda v: v in SCHEDULES),
     ("trainer.min_lr", *at_least(0)),
+    ("trainer.lr_decay_every", ">= 1, or null (trainer.lr_schedule=step needs it)",
+     lambda v: v >= 1),
+    ("trainer.lr_decay", "in (0, 1)", lambda v: 0 < v < 1),
     ("trainer.compile", "true, false or auto", lambda v: v in (True, False, "auto")),
     ("trainer.amp", "bf16, or null for float32", lambda v: v in AMP_DTYPES),
     ("algorithm.adapt", f"one of {', '.join(ADAPT)}", lambda v: v in ADAPT),
@@ -342,6 +356,8 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("algorithm.first_order_until", *at_least(0)),
     ("algorithm.msl_iterations", *at_least(0)),
     ("algorithm.inner_batch_size", ">= 1, or null for the whole support set", lambda v: v >= 1),
+    ("algorithm.filters", *at_least(1)),
+    ("algorithm.hidden", *at_least(1)),
     ("inner.betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
     ("inner.eps", "> 0", _positive),
     ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
@@ -372,3 +388,7 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             raise UserError(f"{key} must be {allowed} (got {value!r})")
+    if (OmegaConf.select(cfg, "trainer.lr_schedule") == "step"
+            and OmegaConf.select(cfg, "trainer.lr_decay_every") is None):
+        raise UserError("trainer.lr_schedule=step needs trainer.lr_decay_every=N (the outer rate "
+                        "is multiplied by trainer.lr_decay every N iterations)")

@@ -55,12 +55,17 @@ OUT_OF_RANGE = [
     ("trainer.keep_last=-1", "trainer.keep_last"), ("trainer.log_every=0", "trainer.log_every"),
     ("trainer.nan_policy=ignore", "trainer.nan_policy"),
     ("trainer.stop_after=0", "trainer.stop_after"),
-    ("trainer.lr_schedule=step", "trainer.lr_schedule"), ("trainer.min_lr=-1", "trainer.min_lr"),
+    ("trainer.lr_schedule=exponential", "trainer.lr_schedule"),
+    ("trainer.min_lr=-1", "trainer.min_lr"),
+    ("trainer.lr_decay_every=0", "trainer.lr_decay_every"),
+    ("trainer.lr_decay=1", "trainer.lr_decay"),
     ("algorithm.adapt=body", "algorithm.adapt"), ("algorithm.lr_mode=learned", "algorithm.lr_mode"),
     ("algorithm.head_init=random", "algorithm.head_init"),
     ("algorithm.first_order_until=-1", "algorithm.first_order_until"),
     ("algorithm.msl_iterations=-1", "algorithm.msl_iterations"),
     ("algorithm.inner_batch_size=0", "algorithm.inner_batch_size"),
+    ("algorithm=relationnet algorithm.filters=0", "algorithm.filters"),
+    ("algorithm=relationnet algorithm.hidden=0", "algorithm.hidden"),
     ("inner=adam inner.betas=[0.9,1.0]", "inner.betas"), ("inner=adam inner.eps=0", "inner.eps"),
     ("eval.tasks=1", "eval.tasks"), ("eval.batch_size=0", "eval.batch_size"),
     ("task.shots=0", "task.shots"), ("task.queries=0", "task.queries"),
@@ -90,6 +95,12 @@ def test_out_of_range_values_name_the_key(override, key):
         check_values(compose_train(*override.split()))
 
 
+def test_a_step_schedule_without_its_interval_is_one_line():
+    with pytest.raises(UserError, match=r"^trainer.lr_schedule=step needs trainer.lr_decay_every"):
+        check_values(compose_train("trainer.lr_schedule=step"))
+    check_values(compose_train("trainer.lr_schedule=step", "trainer.lr_decay_every=100"))
+
+
 def test_every_rule_is_tried_and_documented():
     keys = [key for key, _, _ in RULES]
     assert {key for _, key in OUT_OF_RANGE} == set(keys)
@@ -101,7 +112,8 @@ def test_every_rule_names_a_real_key():
     configs = (compose_train(), compose_train("+experiment=omniglot_5w1s"),
                compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"),
                compose_train("+experiment=halfcheetah_vel_maml"),
-               compose_train("task=folder", "task.path=x", "task.channels=3"))
+               compose_train("task=folder", "task.path=x", "task.channels=3"),
+               compose_train("+experiment=relationnet_omniglot_5w1s"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key
@@ -190,6 +202,28 @@ def test_family_presets_carry_their_papers_settings():
     assert (reptile.outer._target_, reptile.outer.lr) == ("torch.optim.SGD", 1.0)
     assert (reptile.trainer.lr_schedule, reptile.trainer.min_lr) == ("linear", 0.0)
     assert (reptile.task.shots, reptile.algorithm.inner_batch_size) == (10, 10)
+    # Snell et al.'s ProtoNet settings; Sung et al.'s Relation Networks: one episode per update,
+    # Adam at 1e-3 halved every 2,000 / 100,000 episodes.
+    for name, shots, task in [("protonet_cifar_fs_5w1s", 1, "CIFARFS"),
+                              ("protonet_cifar_fs_5w5s", 5, "CIFARFS"),
+                              ("protonet_fc100_5w1s", 1, "FC100"),
+                              ("protonet_fc100_5w5s", 5, "FC100")]:
+        proto = compose_train(f"+experiment={name}")
+        assert (proto.task._target_.split(".")[-1], proto.task.shots) == (task, shots)
+        assert (proto.task.ways, proto.task.queries, proto.algorithm._target_) == (
+            5, 15, "maml_cli.algorithms.protonet.ProtoNet")
+        assert (proto.model.filters, proto.model.downsample, proto.model.spatial_mean) == (
+            64, "maxpool", False)
+        assert (proto.outer.lr, proto.trainer.meta_batch_size, proto.trainer.lr_schedule,
+                proto.trainer.lr_decay_every, proto.trainer.lr_decay) == (1e-3, 1, "step", 2000,
+                                                                          0.5)
+    for name, shots, queries in [("relationnet_omniglot_5w1s", 1, 19),
+                                 ("relationnet_omniglot_5w5s", 5, 15)]:
+        relation = compose_train(f"+experiment={name}")
+        assert (relation.task.ways, relation.task.shots, relation.task.queries) == (
+            5, shots, queries)
+        assert (relation.model.downsample, relation.model.downsample_blocks) == ("maxpool", 2)
+        assert (relation.trainer.meta_batch_size, relation.trainer.lr_decay_every) == (1, 100000)
 
 
 def test_a_checkpoints_own_task_keys_are_set_onto_it_not_composed_by_hydra(monkeypatch):

@@ -34,6 +34,18 @@ def body_params(params: Params, head_prefix: str) -> Params:
     return {k: v for k, v in params.items() if not k.startswith(head_prefix)}
 
 
+def feature_maps(model: nn.Module, algorithm: str) -> nn.Sequential:
+    """The layers of an image model before it flattens or pools its feature maps away (conv4's
+    and resnet12's convolutional blocks), keeping the model's parameter names."""
+    ends = (nn.Flatten, nn.AdaptiveAvgPool2d)
+    names = list(model._modules) if isinstance(model, nn.Sequential) else []
+    end = next((i for i, n in enumerate(names) if isinstance(model._modules[n], ends)), None)
+    if not getattr(model, "takes_images", False) or not end:
+        raise UserError(f"{algorithm} compares feature maps: it needs an image model "
+                        f"(model=conv4 or resnet12)")
+    return nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[:end]))
+
+
 class Algorithm:
     # Whether training adapts to each task: the engine collects RL rollouts after the inner
     # steps only when it does (the pretrained baseline trains on its one policy's rollouts).
@@ -89,3 +101,31 @@ class Algorithm:
                 "loss_post": self.loss_fn(after, after_y),
                 "metric_pre": self.metric_fn(before, before_y),
                 "metric_post": self.metric_fn(after, after_y)}
+
+
+class NoInnerLoop(Algorithm):
+    """A metric-based classifier: the query's scores come from the support in one pass of
+    `scores` (Prototypical and Relation Networks), trained on the query loss, and the same at
+    every step count, since nothing adapts."""
+
+    option = ""  # its algorithm= name, for errors
+
+    def __init__(self, model, loss_fn, metric_fn, inner, num_classes=None, data_fn=None,
+                 objective_fn=None, kl_fn=None):
+        if num_classes is None:
+            raise UserError(f"algorithm={self.option} needs a classification task (one with "
+                            f"task.ways)")
+        super().__init__(model, loss_fn, metric_fn, inner, num_classes, data_fn, objective_fn,
+                         kl_fn)
+
+    def scores(self, params, buffers, support_x, support_y, query_x) -> Tensor:
+        """[queries, classes]: the higher, the likelier."""
+        raise NotImplementedError
+
+    def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        query = (self.scores(params, buffers, support_x, support_y, query_x), query_y)
+        return self.loss_fn(*query), self.metrics(query, query)
+
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+        query = (self.scores(params, buffers, support_x, support_y, query_x), query_y)
+        return [query] * (steps + 1)

@@ -44,14 +44,15 @@ class Conv4(nn.Sequential):
 
     The reference code's Omniglot net: 64 filters, stride-2 convolutions, features averaged
     over space before the head. Its mini-ImageNet net: 32 filters, 2x2 max-pooling, features
-    flattened.
+    flattened. Relation Networks' embedding downsamples in its first two blocks only
+    (`downsample_blocks=2`), leaving feature maps for its relation module to compare.
     """
 
     takes_images = True  # inputs [channels, height, width] (build() checks the task's)
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, filters: int = 64,
                  downsample: str = "stride", norm: str = "batch", spatial_mean: bool = True,
-                 init: str = "torch"):
+                 init: str = "torch", downsample_blocks: int = 4):
         if downsample not in DOWNSAMPLING:
             raise UserError(f"model.downsample must be one of {', '.join(DOWNSAMPLING)} "
                             f"(got {downsample!r})")
@@ -61,15 +62,18 @@ class Conv4(nn.Sequential):
             raise UserError(f"model.init must be one of {', '.join(INITS)} (got {init!r})")
         if filters < 1:
             raise UserError(f"model.filters must be >= 1 (got {filters})")
+        if not 0 <= downsample_blocks <= 4:
+            raise UserError(f"model.downsample_blocks must be in 0..4 (got {downsample_blocks})")
         layers: list[nn.Module] = []
         channels = input_shape[0]
-        for _ in range(4):
-            stride = 2 if downsample == "stride" else 1
+        for block in range(4):
+            down = block < downsample_blocks
+            stride = 2 if downsample == "stride" and down else 1
             layers.append(nn.Conv2d(channels, filters, 3, stride=stride, padding=1))
             layers.append(nn.Identity() if norm == "none"
                           else BatchStatNorm(filters, scale=norm == "batch"))
             layers.append(nn.ReLU())
-            if downsample == "maxpool":
+            if downsample == "maxpool" and down:
                 layers.append(nn.MaxPool2d(2))
             channels = filters
         with torch.no_grad():
@@ -79,6 +83,7 @@ class Conv4(nn.Sequential):
         else:
             layers += [nn.Flatten(), nn.Linear(filters * height * width, num_outputs)]
         super().__init__(*layers)
+        self.input_shape = tuple(input_shape)
         if init == "reference":
             self._reference_init(spatial_mean)
 

@@ -55,3 +55,4 @@ class ResNet12(nn.Sequential):
         blocks = [ResidualBlock(cin, cout) for cin, cout in zip(sizes[:-1], sizes[1:])]
         super().__init__(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(channels[-1], num_outputs))
+        self.input_shape = tuple(input_shape)

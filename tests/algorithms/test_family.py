@@ -1,6 +1,6 @@
 """The MAML family's update rules against naive references on tiny inputs, in float64: Meta-SGD,
 LSLR, ANIL, the multi-step loss, per-step norms, derivative-order annealing, Reptile, the
-pretrained baseline and Prototypical Networks, under every engine strategy."""
+pretrained baseline, Prototypical and Relation Networks, under every engine strategy."""
 
 import pytest
 import torch
@@ -11,10 +11,12 @@ from maml_cli.algorithms.inner import SGD, Adam
 from maml_cli.algorithms.maml import MAML
 from maml_cli.algorithms.pretrain import Pretrain
 from maml_cli.algorithms.protonet import ProtoNet
+from maml_cli.algorithms.relationnet import RelationNet
 from maml_cli.algorithms.reptile import Reptile
 from maml_cli.engine import STRATEGIES, Engine
 from maml_cli.errors import UserError
-from tests.algorithms.test_maml import CASES, LR, assert_close
+from maml_cli.models.conv4 import Conv4
+from tests.algorithms.test_maml import CASES, LR, assert_close, image_case
 
 STRATEGY = pytest.mark.parametrize("strategy", STRATEGIES)
 MODELS = pytest.mark.parametrize("model_name", list(CASES))
@@ -248,6 +250,69 @@ class _Capture:
     def __rmatmul__(self, features):
         self.captured["features"] = features
         return torch.zeros(features.shape[0], 3, dtype=features.dtype)
+
+
+def naive_norm(x, gamma, beta):
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * gamma[:, None, None] + beta[:, None, None]
+
+
+def naive_relation_scores(embedding, relation, sx, sy, qx, ways):
+    """Relation Networks written out by hand: conv4 with 2x2 max-pooling after its first two
+    blocks; a class's map the sum of its support maps; every (class, query) pair stacked along
+    the channels and passed whole through the relation module."""
+    def embed(x):
+        for i in range(4):
+            w, b, gamma, beta = embedding[4 * i: 4 * i + 4]
+            x = torch.relu(naive_norm(F.conv2d(x, w, b, padding=1), gamma, beta))
+            x = F.max_pool2d(x, 2) if i < 2 else x
+        return x
+
+    support, query = embed(sx), embed(qx)
+    classes = [sum(support[i] for i in range(len(sy)) if sy[i] == c) for c in range(ways)]
+    pairs = torch.stack([torch.cat([classes[c], q]) for q in query for c in range(ways)])
+    x = pairs
+    for i in range(2):
+        w, b, gamma, beta = relation[4 * i: 4 * i + 4]
+        x = F.max_pool2d(torch.relu(naive_norm(F.conv2d(x, w, b, padding=1), gamma, beta)), 2)
+    w1, b1, w2, b2 = relation[8:]
+    hidden = torch.relu(x.flatten(1) @ w1.T + b1)
+    return torch.sigmoid(hidden @ w2.T + b2).view(len(query), ways)
+
+
+@STRATEGY
+@pytest.mark.parametrize("shots", [1, 2])
+def test_relation_network_gradient_matches_a_naive_reference(strategy, shots):
+    ways = 3
+    model, _, metric_fn, episode, _ = image_case(
+        4, 2, lambda w: Conv4((1, 16, 16), w, filters=4, downsample="maxpool",
+                              downsample_blocks=2), 16, None, ways=ways, shots=shots)
+    algorithm = RelationNet(model, F.cross_entropy, metric_fn, SGD(LR), num_classes=ways,
+                            filters=3, hidden=5)
+    algorithm.learned.double()
+    params, learned = meta_gradient(algorithm, model, episode, strategy)
+    weights, relation = list(params.values()), list(learned.values())
+    objective = 0
+    for t in range(2):
+        sx, sy, qx, qy = episode[t].tensors()
+        scores = naive_relation_scores(weights[:-2], relation, sx, sy, qx, ways)
+        objective = objective + ((scores - F.one_hot(qy, ways)) ** 2).mean() / 2
+    assert_close(engine_grads(weights + relation), grads_of(objective, weights + relation))
+    assert weights[-1].grad is None and weights[-2].grad is None  # the head is never used
+    curve = Engine(algorithm, strategy).curves(params, {}, episode, steps=2)
+    assert (curve == curve[:, :1]).all()  # no inner loop: every step count reports the same
+
+
+def test_relation_network_needs_feature_maps_of_an_image_model():
+    model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
+    with pytest.raises(UserError, match="classification"):
+        RelationNet(model, loss_fn, metric_fn, SGD(LR))
+    with pytest.raises(UserError, match="needs an image model"):
+        RelationNet(model, loss_fn, metric_fn, SGD(LR), num_classes=3)
+    pooled_away = Conv4((1, 16, 16), 3, filters=4, downsample="maxpool")  # 1x1 maps
+    with pytest.raises(UserError, match="at least 4x4, and the model gives 1x1"):
+        RelationNet(pooled_away, loss_fn, metric_fn, SGD(LR), num_classes=3)
 
 
 def test_protonet_refuses_regression_and_anil_refuses_what_it_cannot_split():

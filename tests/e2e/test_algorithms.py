@@ -4,6 +4,7 @@ maml-eval on its checkpoint, rebuilt from the checkpoint alone."""
 import json
 import math
 
+import pytest
 import torch
 
 from tests.helpers import assert_one_line_error, ok, run_cli
@@ -59,15 +60,23 @@ def test_every_gradient_algorithm_trains_and_evaluates_on_sinusoids(tmp_path):
     assert_one_line_error(missing, "compare: cannot read nowhere", prog="maml-eval")
 
 
-def test_protonet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_env):
+def test_protonet_relationnet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_env):
     reports = sweep_then_eval(
         tmp_path, data_env, "+experiment=mamlpp_omniglot_5w1s", "trainer.meta_batch_size=4",
         "inner.steps=2", "trainer.iterations=20", "trainer.val_every=10",
         more_runs=[["+experiment=omniglot_5w1s", "algorithm=protonet",
-                    "trainer.meta_batch_size=4"]])
-    (mamlpp_dir, mamlpp), (_, protonet) = reports.items()
-    accuracies = [r["mean"] for r in protonet["results"]]
-    assert accuracies == [accuracies[0]] * 4 and accuracies[0] > 0.3  # no inner loop
+                    "trainer.meta_batch_size=4"],
+                   ["+experiment=relationnet_omniglot_5w1s", "task.queries=5",
+                    "trainer.lr_decay_every=10"]])
+    (mamlpp_dir, mamlpp), (_, protonet), (relationnet_dir, relationnet) = reports.items()
+    for report in protonet, relationnet:
+        accuracies = [r["mean"] for r in report["results"]]
+        assert accuracies == [accuracies[0]] * 4 and accuracies[0] > 0.3  # no inner loop
+    # The relation module is saved beside the model, and maml-eval used it; the outer rate
+    # halved every 10 iterations: iteration 40's is 1e-3 / 2^3.
+    state = torch.load(relationnet_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["algorithm"]["relation.compare.weight"].shape == (64, 128, 3, 3)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 8)
     state = torch.load(mamlpp_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["algorithm"]["per_step_norm"]
     # Cosine annealing from 1e-3 towards min_lr 1e-5 over the 20 iterations: the last step's.

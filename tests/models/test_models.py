@@ -22,7 +22,13 @@ def test_conv4_options_match_the_reference_nets():
     assert sum(isinstance(m, nn.MaxPool2d) for m in mini) == 4
     plain = Conv4((1, 28, 28), 5, norm="none")
     assert not any(isinstance(m, BatchStatNorm) for m in plain)
-    for bad in ({"downsample": "avg"}, {"norm": "layer"}, {"filters": 0}):
+    # Relation Networks' embedding: only the first two blocks downsample.
+    relation = Conv4((1, 28, 28), 5, downsample="maxpool", downsample_blocks=2, spatial_mean=False)
+    assert relation[-1].in_features == 64 * 7 * 7  # 28 -> 14 -> 7 -> 7 -> 7
+    strided = Conv4((1, 28, 28), 5, downsample_blocks=1, spatial_mean=False)
+    assert [m.stride for m in strided if isinstance(m, nn.Conv2d)] == [(2, 2)] + [(1, 1)] * 3
+    for bad in ({"downsample": "avg"}, {"norm": "layer"}, {"filters": 0},
+                {"downsample_blocks": 5}):
         with pytest.raises(UserError, match="model."):
             Conv4((1, 28, 28), 5, **bad)
 
