@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from maml_cli.algorithms.maml import ADAPT, HEAD_INITS, LR_MODES
 from maml_cli.engine import AMP_DTYPES, STRATEGIES
 from maml_cli.errors import UserError
+from maml_cli.tasks.images import AUGMENTS
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ImageTaskConfig(TaskConfig):
     ways: int = MISSING
     eval_queries: int | None = MISSING
     loss_scale: float = MISSING
+    augment: list[str] = MISSING
 
 
 @dataclass
@@ -367,6 +369,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.ways", *at_least(2)),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),
+    ("task.augment", f"a list of {', '.join(AUGMENTS)}", lambda v: all(t in AUGMENTS for t in v)),
     ("task.channels", "1 or 3, or null to infer it from the images", lambda v: v in (1, 3)),
     ("task.horizon", *at_least(1)),
     ("task.discount", "in [0, 1]", lambda v: 0 <= v <= 1),

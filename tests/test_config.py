@@ -72,6 +72,7 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
+    ("+experiment=omniglot_5w1s task.augment=[hflip,blur]", "task.augment"),
     ("task=folder task.path=x task.channels=2", "task.channels"),
     ("inner.later_lr=0", "inner.later_lr"),
     ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),

@@ -5,6 +5,7 @@ for validation and 3 mod 4 (50) for test."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from maml_cli.errors import UserError
@@ -24,12 +25,12 @@ class CUB(FolderTasks):
 
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, image_size: int = 84,
-                 loss_scale: float = 1.0, device="cpu", data=None):
+                 loss_scale: float = 1.0, device="cpu", data=None, augment: Sequence[str] = ()):
         if data.download:
             raise UserError("CUB-200-2011 has no download built in. " + WHERE)
         root = Path(data.root).expanduser() / "cub" / "CUB_200_2011" / "images"
         super().__init__(str(root), ways, shots, queries, eval_queries, image_size, 3, None,
-                         loss_scale, device, data)
+                         loss_scale, device, data, augment)
 
     def class_split(self):
         if not self.path.is_dir():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,11 @@ class FolderTasks(ImageTasks):
     def __init__(self, path: str, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, image_size: int | None = None,
                  channels: int | None = None, split_file: str | None = None,
-                 loss_scale: float = 1.0, device="cpu", data=None):
+                 loss_scale: float = 1.0, device="cpu", data=None, augment: Sequence[str] = ()):
         self.path, self.image_size, self.channels = Path(path).expanduser(), image_size, channels
         self.split_file = (Path(split_file).expanduser() if split_file
                            else self.path / SPLIT_FILE)
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
 
     def class_split(self) -> dict[str, list[Path]]:
         """The class folders of each split."""

@@ -81,6 +81,31 @@ def rotate_classes(images: torch.Tensor, labels: torch.Tensor,
             torch.cat([labels + i * offset for i in range(len(rotations))]))
 
 
+AUGMENTS = ("hflip", "crop")
+
+
+def augment(images: torch.Tensor, transforms: Sequence[str],
+            generator: torch.Generator) -> torch.Tensor:
+    """Class-preserving random transforms of images [N, C, H, W], each image drawn on its own:
+    hflip mirrors it left to right with probability 1/2; crop shifts it by up to 1/8 of its size
+    in each direction, the uncovered border zero (a random crop of the zero-padded image, as
+    torchvision's RandomCrop(size, padding) does)."""
+    n, channels, height, width = images.shape
+    dev = images.device
+    if "hflip" in transforms:
+        flip = torch.rand(n, generator=generator, device=dev) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if "crop" in transforms:
+        pad = max(1, min(height, width) // 8)
+        padded = F.pad(images, (pad, pad, pad, pad))
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=dev)
+        rows = (dy + torch.arange(height, device=dev))[:, None, :, None]
+        cols = (dx + torch.arange(width, device=dev))[:, None, None, :]
+        images = padded[torch.arange(n, device=dev)[:, None, None, None],
+                        torch.arange(channels, device=dev)[None, :, None, None], rows, cols]
+    return images
+
+
 def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:
     """Group image rows by label (any label values; classes may have different sizes)."""
     order = torch.argsort(labels, stable=True)
@@ -95,16 +120,19 @@ def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:
 class ImageTasks(TaskFamily):
     """Episodes are gathered on the device: classes without replacement per task, then images
     without replacement per class; a class's label is its position among the task's classes,
-    so labels are shuffled per task. Subclasses provide the splits (`load_splits`)."""
+    so labels are shuffled per task. Training episodes' images go through the `augment`
+    transforms (AUGMENTS), validation and test ones never. Subclasses provide the splits
+    (`load_splits`)."""
 
     metric_name = "accuracy"
     higher_is_better = True
 
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, loss_scale: float = 1.0,
-                 device: torch.device | str = "cpu", data=None):
+                 device: torch.device | str = "cpu", data=None, augment: Sequence[str] = ()):
         super().__init__(device, data)
         self.ways, self.shots, self.queries = ways, shots, queries
+        self.augment = list(augment)
         self.eval_queries = queries if eval_queries is None else eval_queries
         self.loss_scale = loss_scale
         self.splits = {name: make_split(*data_, self.device)
@@ -150,6 +178,8 @@ class ImageTasks(TaskFamily):
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode:
         rows = self.sample_rows(split, num_tasks, generator)
         x = self.splits[split].images[rows].float().div_(255)  # [T, ways, per_class, C, H, W]
+        if self.augment and split == "train":
+            x = augment(x.flatten(0, 2), self.augment, generator).view_as(x)
         y = torch.arange(self.ways, device=self.device).view(1, -1, 1).expand_as(rows)
 
         def take(part):

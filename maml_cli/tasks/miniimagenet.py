@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,9 @@ def preprocess(root: Path, size: int) -> dict:
 class MiniImageNet(ImageTasks):
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, image_size: int = 84, loss_scale: float = 1.0,
-                 device="cpu", data=None):
+                 device="cpu", data=None, augment: Sequence[str] = ()):
         self.image_size = image_size
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
 
     def load_splits(self):
         if self.data.download:

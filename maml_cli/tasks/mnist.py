@@ -23,7 +23,7 @@ class MNIST(ImageTasks):
                  train_classes: Sequence[int] = (0, 1, 2, 3),
                  val_classes: Sequence[int] = (4, 5, 6), test_classes: Sequence[int] = (7, 8, 9),
                  rotations: Sequence[int] = (0,), loss_scale: float = 1.0, device="cpu",
-                 data=None):
+                 data=None, augment: Sequence[str] = ()):
         self.classes = {"train": list(train_classes), "val": list(val_classes),
                         "test": list(test_classes)}
         flat = [c for cs in self.classes.values() for c in cs]
@@ -31,7 +31,7 @@ class MNIST(ImageTasks):
             raise UserError("task.train_classes, task.val_classes and task.test_classes must be "
                             f"disjoint digits 0-9 (got {self.classes})")
         self.rotations = check_rotations(rotations)
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
 
     def load_splits(self):
         from torchvision.datasets import MNIST as TorchvisionMNIST

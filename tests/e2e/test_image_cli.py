@@ -59,13 +59,14 @@ def test_your_own_image_folder_trains_and_evaluates(tmp_path):
     ok(run_cli("maml-train", "task=folder", f"task.path={tree}", "task.ways=3", "task.queries=2",
                "task.image_size=16", "model=conv4", "model.filters=8", "trainer.iterations=4",
                "trainer.meta_batch_size=2", "trainer.val_every=2", "trainer.val_tasks=4",
-               "inner.eval_steps=2", "hydra.run.dir=run", cwd=tmp_path,
-               env={**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}))
+               "inner.eval_steps=2", "task.augment=[hflip,crop]", "hydra.run.dir=run",
+               cwd=tmp_path, env={**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}))
     steps, report = maml_eval(tmp_path / "run", tmp_path, {**os.environ, "MAML_CACHE_DIR":
                                                            str(tmp_path / "cache")}, "eval.tasks=6")
     assert report["metric"] == "accuracy" and report["tasks"] == 6 and set(steps) == {0, 1, 2}
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert state["config"]["task"]["path"] == str(tree)
+    assert state["config"]["task"]["augment"] == ["hflip", "crop"]
     assert state["model"]["0.weight"].shape == (8, 3, 3, 3)  # colour, inferred
     assert len(list((tmp_path / "cache").glob("folder-16px-autoch-*.pt"))) == 1
 

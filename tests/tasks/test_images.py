@@ -85,3 +85,44 @@ def test_loss_scale_and_accuracy():
 def test_impossible_episodes_are_clear_errors(kwargs, message):
     with pytest.raises(UserError, match=message.replace("+", r"\+")):
         Generated(**kwargs)
+
+
+class Gradients(ImageTasks):
+    """Six classes of four 8x8 images, every pixel distinct (a ramp plus the image's row)."""
+
+    def load_splits(self):
+        ramp = torch.arange(64).view(1, 1, 8, 8)
+        images = (ramp + 3 * torch.arange(24).view(-1, 1, 1, 1)).to(torch.uint8)
+        labels = torch.arange(24) // 4
+        return {s: (images.clone(), labels) for s in ("train", "val", "test")}
+
+
+def unaugmented(tasks, split, seed):
+    """The episode's images as drawn without transforms (the same rows, same generator state)."""
+    rows = tasks.sample_rows(split, 64, torch.Generator().manual_seed(seed))
+    return tasks.splits[split].images[rows].float().div(255).flatten(0, 2)
+
+
+def test_training_images_are_mirrored_or_shifted_and_evaluation_ones_never():
+    seed = 3
+    for transforms in (["hflip"], ["crop"], ["hflip", "crop"]):
+        tasks = Gradients(ways=3, shots=1, queries=2, augment=transforms)
+        plain = unaugmented(tasks, "train", seed)
+        episode = tasks.sample("train", 64, torch.Generator().manual_seed(seed))
+        # The sampler's layout: [tasks, ways, shots + queries] before support and query split.
+        x = torch.cat([episode.support_x.view(64, 1, 3, 1, 8, 8),
+                       episode.query_x.view(64, 2, 3, 1, 8, 8)], 1).transpose(1, 2)
+        got = x.flatten(0, 2)
+        candidates = [plain, plain.flip(-1)] if transforms == ["hflip"] else []
+        if "crop" in transforms:  # a shift of up to 1 pixel (8 // 8), zeros where uncovered
+            bases = [plain, plain.flip(-1)] if "hflip" in transforms else [plain]
+            padded = [torch.nn.functional.pad(b, (1, 1, 1, 1)) for b in bases]
+            candidates = [p[..., dy:dy + 8, dx:dx + 8] for p in padded
+                          for dy in range(3) for dx in range(3)]
+        matches = torch.stack([(got == c).flatten(1).all(1) for c in candidates])
+        assert matches.any(0).all(), transforms  # each image is one of its allowed transforms
+        assert (matches.float().mean(1) < 0.9).all()  # and no one transform is always drawn
+        for split in ("val", "test"):
+            val = tasks.sample(split, 64, torch.Generator().manual_seed(seed))
+            assert torch.equal(val.support_x.view(64, 3, 1, 8, 8).flatten(0, 1),
+                               unaugmented(tasks, split, seed)[::3][:192])
