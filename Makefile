@@ -11,7 +11,7 @@ RUN ?= outputs/$(shell date +%Y-%m-%d)/$(shell date +%H-%M-%S)-default
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e ".[dev,rl]"
+	$(BIN)/pip install -e ".[dev,rl,table]"
 	touch $@
 
 install: $(STAMP)

@@ -95,20 +95,28 @@ def check_model_fits(node: DictConfig, task: TaskFamily) -> None:
         model_class = get_class(node._target_)
     except Exception:  # make() reports an unloadable _target_ in its own words
         return
-    name = model_class.__name__
+    name, task_name = model_class.__name__, type(task).__name__
+    fits = ("gaussian_mlp" if task.needs_policy else "embedding_mlp" if task.categories else
+            "conv4" if len(task.input_shape) == 3 else "mlp")
     if getattr(model_class, "takes_images", False) and len(task.input_shape) != 3:
-        fits = "gaussian_mlp" if task.needs_policy else "mlp"
         images = sorted(option for option, schema in SCHEMAS["task"].items()
                         if issubclass(schema, ImageTaskConfig))
         raise UserError(f"{name} is a model for image tasks (task={', '.join(images)}), and "
-                        f"{type(task).__name__}'s inputs are not images (shape "
-                        f"{list(task.input_shape)}): use model={fits}")
+                        f"{task_name}'s inputs are not images (shape {list(task.input_shape)}): "
+                        f"use model={fits}")
+    takes_categories = getattr(model_class, "takes_categories", False)
+    if takes_categories and task.categories is None:
+        raise UserError(f"{name} is a model for table tasks (task=table); {task_name} needs "
+                        f"model={fits}")
+    if task.categories and not takes_categories:
+        raise UserError(f"{task_name} has categorical inputs (task.categorical), which {name} "
+                        f"would read as numbers: use model=embedding_mlp")
     if task.needs_policy != getattr(model_class, "is_policy", False):
         raise UserError(
-            f"{type(task).__name__} is a reinforcement-learning task: it needs a policy "
+            f"{task_name} is a reinforcement-learning task: it needs a policy "
             f"(model=gaussian_mlp), not {name}" if task.needs_policy else
             f"{name} is a policy, for reinforcement-learning tasks (task=navigation2d, "
-            f"halfcheetah_vel, halfcheetah_dir); {type(task).__name__} needs model=mlp or conv4")
+            f"halfcheetah_vel, halfcheetah_dir); {task_name} needs model={fits}")
 
 
 def build(cfg: DictConfig) -> Run:
@@ -118,7 +126,9 @@ def build(cfg: DictConfig) -> Run:
     task = make("task", cfg.task, device=device,
                 data=DataPlace(**OmegaConf.to_container(cfg.data, resolve=True)))
     check_model_fits(cfg.model, task)
-    model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs)
+    inputs = {"categories": task.categories} if task.categories else {}
+    model = make("model", cfg.model, input_shape=task.input_shape, num_outputs=task.num_outputs,
+                 **inputs)
     # torch's BatchNorm updates running statistics in place, which torch.func.grad refuses.
     # Without them it normalises with batch statistics in training and test alike, as conv4's
     # norm and MAML's reference code do.

@@ -21,6 +21,7 @@ from maml_cli.algorithms.maml import ADAPT, HEAD_INITS, LR_MODES
 from maml_cli.engine import AMP_DTYPES, STRATEGIES
 from maml_cli.errors import UserError
 from maml_cli.tasks.images import AUGMENTS
+from maml_cli.tasks.table import OBJECTIVES
 
 
 @dataclass
@@ -77,6 +78,17 @@ class FolderConfig(ImageTaskConfig):
 
 
 @dataclass
+class TableConfig(TaskConfig):
+    path: str = MISSING
+    group: str = MISSING
+    target: str = MISSING
+    features: list[str] = MISSING
+    categorical: list[str] = MISSING
+    objective: str = MISSING
+    split_file: str | None = MISSING
+
+
+@dataclass
 class RLTaskConfig(TaskConfig):
     horizon: int = MISSING
     discount: float = MISSING
@@ -108,6 +120,11 @@ class MLPConfig(Target):
 @dataclass
 class GaussianMLPConfig(MLPConfig):
     init_std: float = MISSING
+
+
+@dataclass
+class EmbeddingMLPConfig(MLPConfig):
+    embedding_dim: int = MISSING
 
 
 @dataclass
@@ -198,11 +215,11 @@ SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "mnist": MNISTConfig,
              "miniimagenet": ResizedImageTaskConfig, "folder": FolderConfig,
              "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig, "cub": ResizedImageTaskConfig,
-             "tiered_imagenet": ImageTaskConfig,
+             "tiered_imagenet": ImageTaskConfig, "table": TableConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,
-              "gaussian_mlp": GaussianMLPConfig},
+              "gaussian_mlp": GaussianMLPConfig, "embedding_mlp": EmbeddingMLPConfig},
     "algorithm": {"maml": MAMLConfig, "reptile": ReptileConfig,
                   "pretrain": Target, "protonet": Target, "relationnet": RelationNetConfig},
     "inner": {"sgd": InnerConfig, "adam": InnerAdamConfig},
@@ -369,6 +386,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.ways", *at_least(2)),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),
+    ("task.objective", f"one of {', '.join(OBJECTIVES)}", lambda v: v in OBJECTIVES),
     ("task.augment", f"a list of {', '.join(AUGMENTS)}", lambda v: all(t in AUGMENTS for t in v)),
     ("task.channels", "1 or 3, or null to infer it from the images", lambda v: v in (1, 3)),
     ("task.horizon", *at_least(1)),

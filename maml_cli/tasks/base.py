@@ -1,13 +1,30 @@
 from __future__ import annotations
 
 import math
+import random
 from abc import ABC, abstractmethod
 
 import torch
 
 from maml_cli.episode import Episode
+from maml_cli.errors import UserError
 
 SPLITS = ("train", "val", "test")
+
+
+def random_split(names: list[str], seed: int, val: float, test: float,
+                 what: str) -> dict[str, list[str]]:
+    """{split: sorted names}: the sorted names shuffled by Python's random.Random(seed), a share
+    `val` for validation and `test` for test (at least one each), the rest for training."""
+    if len(names) < 3:
+        raise UserError(f"there are {len(names)} {what}; a split needs at least 3")
+    names = sorted(names)
+    random.Random(seed).shuffle(names)
+    n_val, n_test = max(1, round(val * len(names))), max(1, round(test * len(names)))
+    if n_val + n_test >= len(names):
+        raise UserError(f"val {val} and test {test} leave no training {what} of {len(names)}")
+    return {"train": sorted(names[n_val + n_test:]), "val": sorted(names[:n_val]),
+            "test": sorted(names[n_val:n_val + n_test])}
 
 
 class DataPlace:
@@ -53,6 +70,9 @@ class TaskFamily(ABC):
     # RL tasks: the model is a policy (models/gaussian_mlp.py), and a sampled batch is goals
     # whose data the engine collects by rolling out the policies it adapts (tasks/rl.py).
     needs_policy = False
+    # Table tasks: each categorical input's number of codes (its embedding's size); those
+    # inputs are the last of the features, after the numeric ones (model=embedding_mlp).
+    categories: list[int] | None = None
 
     def __init__(self, device: torch.device | str = "cpu", data: DataPlace | None = None):
         self.device, self.data = torch.device(device), data

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 
 from maml_cli.errors import UserError
-from maml_cli.tasks.base import SPLITS
+from maml_cli.tasks.base import SPLITS, random_split
 from maml_cli.tasks.images import ImageTasks, cached
 
 SPLIT_FILE = "split.json"
@@ -156,16 +155,8 @@ def write_split(root: Path, seed: int = 0, val: float = 0.16, test: float = 0.2)
     if path.exists():
         raise UserError(f"{path} exists already; a split is written once (delete it to make "
                         "another)")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(names) < 3:
-        raise UserError(f"{root} has {len(names)} class folders; a split needs at least 3")
-    random.Random(seed).shuffle(names)
-    n_val, n_test = max(1, round(val * len(names))), max(1, round(test * len(names)))
-    if n_val + n_test >= len(names):
-        raise UserError(f"--val {val} and --test {test} leave no training classes of "
-                        f"{len(names)}")
-    split = {"train": sorted(names[n_val + n_test:]), "val": sorted(names[:n_val]),
-             "test": sorted(names[n_val:n_val + n_test])}
+    names = [p.name for p in root.iterdir() if p.is_dir()]
+    split = random_split(names, seed, val, test, "class folders")
     path.write_text(json.dumps(split, indent=1) + "\n")
     return path
 

@@ -106,15 +106,35 @@ def augment(images: torch.Tensor, transforms: Sequence[str],
     return images
 
 
-def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:
-    """Group image rows by label (any label values; classes may have different sizes)."""
+def group_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, counts) of the rows of each label value, in the labels' sorted order (any label
+    values; groups may have different sizes): index [groups, most rows of a group] holds each
+    group's row numbers, padded with 0 past its count."""
     order = torch.argsort(labels, stable=True)
     _, counts = torch.unique_consecutive(labels[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     column = torch.arange(int(counts.max()))
     valid = column[None] < counts[:, None]
     index = torch.where(valid, order[(starts[:, None] + column[None]).clamp(max=len(order) - 1)], 0)
+    return index, counts
+
+
+def make_split(images: torch.Tensor, labels: torch.Tensor, device) -> Split:
+    """The images grouped by label, on the device."""
+    index, counts = group_rows(labels)
     return Split(images.to(device), index.to(device), counts.to(device))
+
+
+def draw_rows(index: torch.Tensor, counts: torch.Tensor, groups: torch.Tensor, count: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """`count` distinct rows of each group (class, entity) of `groups`, from group_rows' index
+    and counts: [*groups.shape, count]. Random keys, with padding slots pushed past every real
+    row, then the first `count` positions: a draw without replacement inside each group."""
+    width, dev = index.shape[1], index.device
+    keys = torch.rand(*groups.shape, width, generator=generator, device=dev)
+    padding = torch.arange(width, device=dev) >= counts[groups][..., None]
+    picks = keys.masked_fill(padding, 2.0).argsort(dim=-1)[..., :count]
+    return index[groups[..., None], picks]
 
 
 class ImageTasks(TaskFamily):
@@ -168,12 +188,7 @@ class ImageTasks(TaskFamily):
         per_class, dev = self.shots + queries, self.device
         classes = torch.rand(num_tasks, s.num_classes, generator=generator, device=dev)
         classes = classes.argsort(dim=1)[:, : self.ways]  # [T, ways]
-        # Random keys, with padding slots pushed past every real image, then the first
-        # per_class positions: a draw without replacement inside each class.
-        keys = torch.rand(num_tasks, self.ways, s.index.shape[1], generator=generator, device=dev)
-        padding = torch.arange(s.index.shape[1], device=dev) >= s.counts[classes][..., None]
-        picks = keys.masked_fill(padding, 2.0).argsort(dim=-1)[..., :per_class]
-        return s.index[classes[..., None], picks]
+        return draw_rows(s.index, s.counts, classes, per_class, generator)
 
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode:
         rows = self.sample_rows(split, num_tasks, generator)

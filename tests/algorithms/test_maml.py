@@ -9,6 +9,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.engine import STRATEGIES, Engine
 from maml_cli.episode import Episode
 from maml_cli.models.conv4 import Conv4
+from maml_cli.models.embedding_mlp import EmbeddingMLP
 from maml_cli.models.mlp import MLP
 from maml_cli.models.resnet12 import ResNet12
 from maml_cli.tasks.images import ImageTasks
@@ -52,6 +53,25 @@ def naive_resnet12(weights, x):
         out = norm(F.conv2d(out, w[6], padding=1), w[7], w[8])
         x = F.max_pool2d(F.leaky_relu(out + norm(F.conv2d(x, w[9]), w[10], w[11]), 0.1), 2)
     return x.mean(dim=(2, 3)) @ weights[-2].T + weights[-1]
+
+
+def naive_embedding_mlp(weights, x):
+    """Two numeric inputs, then two categorical codes looked up by hand in their tables."""
+    first, second, *mlp = weights
+    codes = x[:, 2:].long()
+    return naive_mlp(mlp, torch.cat([x[:, :2], first[codes[:, 0]], second[codes[:, 1]]], -1))
+
+
+def embedding_case(seed, tasks):
+    """A table's rows: two numeric inputs and two categorical ones (5 and 3 codes)."""
+    torch.manual_seed(seed)
+    model = EmbeddingMLP((4,), 1, categories=[5, 3], hidden=(6,), embedding_dim=2).double()
+    x = torch.cat([torch.randn(tasks, 12, 2, dtype=torch.float64),
+                   torch.randint(5, (tasks, 12, 1)).double(),
+                   torch.randint(3, (tasks, 12, 1)).double()], -1)
+    y = torch.randn(tasks, 12, 1, dtype=torch.float64)
+    episode = Episode(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+    return model, F.mse_loss, F.mse_loss, episode, naive_embedding_mlp
 
 
 def sinusoid_case(seed, tasks):
@@ -122,7 +142,8 @@ def first_order_formula(weights, case, steps):
 
 
 def engine_meta_gradient(model_name, strategy, first_order, steps, seed=0, tasks=4):
-    case = (CASES | {"resnet12": resnet12_case})[model_name](seed, tasks=tasks)
+    more = {"resnet12": resnet12_case, "embedding_mlp": embedding_case}
+    case = (CASES | more)[model_name](seed, tasks=tasks)
     model, loss_fn, metric_fn, episode, _ = case
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=steps), first_order=first_order)
     params = dict(model.named_parameters())
@@ -212,3 +233,11 @@ def test_resnet12_second_order_meta_gradient_matches_unrolled_reference(strategy
     """One step on two tasks: float64 convolutions' double backward is slow on the CPU."""
     got, weights, case = engine_meta_gradient("resnet12", strategy, False, steps=1, tasks=2)
     assert_close(got, naive_meta_gradient(weights, case, 1, first_order=False))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("first_order", [False, True])
+def test_embedding_mlp_meta_gradient_matches_unrolled_reference(strategy, first_order):
+    """The embedding tables adapt with the rest; a code's row gets gradient only where used."""
+    got, weights, case = engine_meta_gradient("embedding_mlp", strategy, first_order, steps=2)
+    assert_close(got, naive_meta_gradient(weights, case, 2, first_order=first_order))
