@@ -135,7 +135,7 @@ def build(cfg: DictConfig) -> Run:
     torch.func.replace_all_batch_norm_modules_(model)
     model = model.to(device)
     algorithm = make(
-        "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metric,
+        "algorithm", cfg.algorithm, model=model, loss_fn=task.loss, metric_fn=task.metrics,
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
         data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )

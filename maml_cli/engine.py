@@ -132,8 +132,8 @@ class Engine:
         return self._task_loss
 
     def curves(self, params, buffers, episode: Episode, steps: int | None = None):
-        """The query metric of every task of a sampled batch after 0..steps inner steps
-        (default eval_steps): [tasks, steps + 1]."""
+        """The query metrics of every task of a sampled batch after 0..steps inner steps
+        (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first."""
         steps = self.eval_steps if steps is None else steps
         return self.map_tasks(self.algorithm.adaptation_curve, params, buffers,
                               self.collect(params, buffers, episode, steps), steps=steps)

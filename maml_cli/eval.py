@@ -40,16 +40,19 @@ def main(cfg: DictConfig) -> dict:
         raise UserError(f"{path} does not fit its own config's model: "
                         f"{str(e).splitlines()[0]}") from None
 
-    ev, steps, name = run.eval, run.engine.eval_steps, run.task.metric_name
+    ev, steps, (name, *extra) = run.eval, run.engine.eval_steps, run.task.metric_names
     log.info("evaluating %s (iteration %d) on %d test tasks", path, state["iteration"], ev.tasks)
     group = distributed.group()
     curves = adaptation_curves(run, "test", ev.tasks, ev.seed, ev.batch_size, group)
-    results = [dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s]))))
-               for s in range(steps + 1)]
+    by_metric = [[dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s, m]))))
+                  for s in range(steps + 1)] for m in range(1 + len(extra))]
+    results = by_metric[0]
     report = {
         "checkpoint": str(path), "iteration": state["iteration"], "label": label(run, path),
         "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
     }
+    if extra:  # the task's other metrics, on the same tasks
+        report["extra_metrics"] = dict(zip(extra, by_metric[1:]))
     if not group.main:  # under torchrun, rank 0 reports for all
         return report
     files.write_json(path.parent / "eval.json", report, indent=2)
@@ -57,8 +60,10 @@ def main(cfg: DictConfig) -> dict:
     if figure is not None:
         save_png(figure[1], path.parent / f"eval_{figure[0]}.png")
     save_png(adaptation_curves_plot([report, *compared]), path.parent / "eval_curve.png")
-    print_table(f"test {name}, {ev.tasks} tasks", ["inner steps", f"{name} (mean ± 95% CI)"],
-                [[str(r["steps"]), f"{r['mean']:.4f} ± {r['ci95']:.4f}"] for r in results])
+    print_table(f"test {name}, {ev.tasks} tasks",
+                ["inner steps", *(f"{n} (mean ± 95% CI)" for n in (name, *extra))],
+                [[str(s), *(f"{rows[s]['mean']:.4f} ± {rows[s]['ci95']:.4f}" for rows in by_metric)]
+                 for s in range(steps + 1)])
     log.info("wrote %s", path.parent / "eval.json")
     return report
 

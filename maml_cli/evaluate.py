@@ -20,8 +20,8 @@ VAL_SEED_OFFSET = 7_919
 @torch.no_grad()
 def adaptation_curves(run: Run, split: str, num_tasks: int, seed: int, batch_size: int,
                       group: Group = distributed.ONE_PROCESS) -> torch.Tensor:
-    """Query metric of `num_tasks` fresh tasks after 0..eval_steps inner steps:
-    [num_tasks, eval_steps + 1].
+    """Query metrics of `num_tasks` fresh tasks after 0..eval_steps inner steps:
+    [num_tasks, eval_steps + 1, metrics] (TaskFamily.metric_names).
 
     The tasks depend only on (split, num_tasks, seed, batch_size), so the same call on the same
     checkpoint gives the same numbers. Under torchrun (`group`), every rank draws every batch
@@ -50,7 +50,7 @@ def validate(run: Run, tracker: Tracker, iteration: int, best: float | None) -> 
     """The validation metric after eval_steps on trainer.val_tasks validation tasks, logged with
     the metric before adaptation (and, for sinusoids, the fit's figure)."""
     seed, steps, name = run.seed + VAL_SEED_OFFSET, run.engine.eval_steps, run.task.metric_name
-    curves = adaptation_curves(run, "val", run.trainer.val_tasks, seed, run.eval.batch_size)
+    curves = adaptation_curves(run, "val", run.trainer.val_tasks, seed, run.eval.batch_size)[..., 0]
     before, _ = mean_ci95(curves[:, 0])
     after, ci = mean_ci95(curves[:, -1])
     tracker.scalars(iteration, {f"val/{name}_pre": before, f"val/{name}": after})

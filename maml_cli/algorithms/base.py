@@ -1,4 +1,4 @@
-"""What every algorithm shares: the model called functionally, the task's loss and metric, the
+"""What every algorithm shares: the model called functionally, the task's loss and metrics, the
 inner optimizer, and `learned`, the algorithm's own meta-parameters (learned inner rates,
 per-step norm weights), which are trained and checkpointed beside the model's."""
 
@@ -56,6 +56,8 @@ class Algorithm:
                  num_classes: int | None = None, data_fn: Callable[..., TaskData] | None = None,
                  objective_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  kl_fn: Callable[[Tensor, Tensor], Tensor] | None = None):
+        # metric_fn: the task's metrics of (predictions, targets), its main one first (a scalar
+        # or a vector: TaskFamily.metrics); training logs the main one, evaluation all.
         self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
         # The meta-objective's loss on the query (TaskFamily.query_loss: the inner loss, or RL's
         # importance-weighted surrogate) and, for RL tasks, the KL between the policy that drew
@@ -88,9 +90,9 @@ class Algorithm:
         raise NotImplementedError
 
     def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        """One task: the query metric after 0, 1, ..., steps inner steps, shape [steps + 1]."""
+        """One task: the query metrics after 0, 1, ..., steps inner steps, [steps + 1, metrics]."""
         outcomes = self.outcomes(params, buffers, support_x, support_y, query_x, query_y, steps)
-        return torch.stack([self.metric_fn(p, y) for p, y in outcomes])
+        return torch.stack([torch.atleast_1d(self.metric_fn(p, y)) for p, y in outcomes])
 
     def metrics(self, before: tuple[Tensor, Tensor],
                 after: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
@@ -99,8 +101,8 @@ class Algorithm:
         before, after = before.detach(), after.detach()
         return {"loss_pre": self.loss_fn(before, before_y),
                 "loss_post": self.loss_fn(after, after_y),
-                "metric_pre": self.metric_fn(before, before_y),
-                "metric_post": self.metric_fn(after, after_y)}
+                "metric_pre": torch.atleast_1d(self.metric_fn(before, before_y))[0],
+                "metric_post": torch.atleast_1d(self.metric_fn(after, after_y))[0]}
 
 
 class NoInnerLoop(Algorithm):

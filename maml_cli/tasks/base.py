@@ -90,7 +90,21 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Scalar metric of one task, the one validation and evaluation report."""
+        """Scalar metric of one task, the one validation selects checkpoints by."""
+
+    # Metrics evaluation reports beside the main one: {name: fn(prediction, target) -> scalar}.
+    extra_metrics: dict = {}
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [self.metric_name, *self.extra_metrics]
+
+    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[the main metric, then each extra one] of one task."""
+        if not self.extra_metrics:
+            return self.metric(prediction, target)
+        return torch.stack([self.metric(prediction, target),
+                            *(fn(prediction, target) for fn in self.extra_metrics.values())])
 
     def query_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The meta-objective's loss on the query; the inner loss unless the task says

@@ -149,6 +149,7 @@ class TableTasks(TaskFamily):
         if objective == "regression":
             y = numbers(columns[target], target, "task.target").float()[:, None]
             self.num_outputs, self.metric_name, self.higher_is_better = 1, "mse", False
+            self.extra_metrics = {"mae": mae}
         else:
             labels = [str(v) for v in columns[target]]
             classes = sorted(set(labels), key=lambda v: (not _is_number(v), _number_or(v), v))
@@ -223,6 +224,10 @@ class TableTasks(TaskFamily):
         if self.objective == "regression":
             return F.mse_loss(prediction, target)
         return (prediction.argmax(dim=-1) == target).float().mean()
+
+
+def mae(prediction, target):
+    return (prediction - target).abs().mean()
 
 
 def _number_or(value: str) -> float:

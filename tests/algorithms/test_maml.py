@@ -203,14 +203,14 @@ def test_adaptation_curve_tracks_metric_after_each_step(strategy):
     params = {k: p.detach() for k, p in model.named_parameters()}
     with torch.no_grad():
         curves = Engine(algorithm, strategy).curves(params, {}, episode, steps=3)
-    assert curves.shape == (3, 4)
+    assert curves.shape == (3, 4, 1)
     weights = list(params.values())
     for t in range(3):
         fast = [w.clone().requires_grad_() for w in weights]
         for step in range(4):
             with torch.no_grad():
                 want = F.mse_loss(naive_forward(fast, episode.query_x[t]), episode.query_y[t])
-            torch.testing.assert_close(curves[t, step], want, rtol=1e-9, atol=0)
+            torch.testing.assert_close(curves[t, step, 0], want, rtol=1e-9, atol=0)
             loss = F.mse_loss(naive_forward(fast, episode.support_x[t]), episode.support_y[t])
             grads = torch.autograd.grad(loss, fast)
             fast = [(p - LR * g).detach().requires_grad_() for p, g in zip(fast, grads)]

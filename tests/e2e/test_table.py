@@ -44,6 +44,10 @@ def test_maml_beats_the_pretrained_baseline_on_cold_start_users(tmp_path):
         report = json.loads((tmp_path / algorithm / "checkpoints" / "eval.json").read_text())
         assert report["metric"] == "mse" and report["split"] == "test"
         curves[algorithm] = [r["mean"] for r in report["results"]]
+        # MAE on the same tasks beside it: per task at most the root of its MSE, so on average
+        # at most the root of the mean MSE.
+        mae = [r["mean"] for r in report["extra_metrics"]["mae"]]
+        assert len(mae) == 6 and all(0 < a <= b ** 0.5 for a, b in zip(mae, curves[algorithm]))
     split = json.loads((tmp_path / "ratings.csv.split.json").read_text())
     assert len(split["test"]) == 12 and not set(split["test"]) & set(split["train"])
     # Both adapt with the same 5 support rows and steps of 0.1; MAML's initialisation is the

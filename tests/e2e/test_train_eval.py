@@ -77,15 +77,17 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
                     "checkpoint_every:", "lr:", "steps:", "eval_steps:", "resume:", "tasks:"):
             assert key in text, key
     assert ("task: cifar_fs, cub, fc100, folder, halfcheetah_dir, halfcheetah_vel, miniimagenet, "
-            "mnist, navigation2d, omniglot, sinusoid, tiered_imagenet") in helped
-    assert "algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, reptile" in helped
+            "mnist, navigation2d, omniglot, sinusoid, table, tiered_imagenet") in helped
+    assert ("algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, relationnet, "
+            "reptile") in helped
     assert "inner: adam, sgd" in helped
     eval_help = subprocess.run([sys.executable, "-m", "maml_cli.eval", "--help"], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
     assert "checkpoint:" in eval_help and "tasks:" in eval_help
     # Only the groups a user chooses from: no structured-config registrations (schema/...).
     for text in (helped, eval_help):
-        assert "schema" not in text and "model: conv4, gaussian_mlp, mlp, resnet12" in text
+        assert "schema" not in text
+        assert "model: conv4, embedding_mlp, gaussian_mlp, mlp, resnet12" in text
 
 
 def test_shell_completion_offers_only_the_groups_a_user_chooses_from(tmp_path):

@@ -201,7 +201,7 @@ def test_a_batch_collects_as_its_tasks_would_alone_and_again_the_same():
     assert not torch.equal(together.support_x[:, 1], together.support_x[:, 2])
     curves = [engine.curves(params, {}, episode, steps=2) for _ in range(2)]
     torch.testing.assert_close(curves[0], curves[1], rtol=0, atol=0)
-    assert curves[0].shape == (2, 3)
+    assert curves[0].shape == (2, 3, 1)
     vmapped = Engine(algorithm, "vmap", task=task).curves(params, {}, episode, steps=2)
     torch.testing.assert_close(vmapped, curves[0], rtol=1e-9, atol=1e-9)
 
