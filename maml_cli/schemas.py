@@ -21,6 +21,7 @@ from maml_cli.algorithms.maml import ADAPT, HEAD_INITS, LR_MODES
 from maml_cli.engine import AMP_DTYPES, STRATEGIES
 from maml_cli.errors import UserError
 from maml_cli.tasks.images import AUGMENTS
+from maml_cli.tasks.movielens import VARIANTS
 from maml_cli.tasks.table import OBJECTIVES
 
 
@@ -85,6 +86,12 @@ class TableConfig(TaskConfig):
     features: list[str] = MISSING
     categorical: list[str] = MISSING
     objective: str = MISSING
+    split_file: str | None = MISSING
+
+
+@dataclass
+class MovieLensConfig(TaskConfig):
+    variant: str = MISSING
     split_file: str | None = MISSING
 
 
@@ -216,6 +223,7 @@ SCHEMAS = {
              "miniimagenet": ResizedImageTaskConfig, "folder": FolderConfig,
              "cifar_fs": ImageTaskConfig, "fc100": ImageTaskConfig, "cub": ResizedImageTaskConfig,
              "tiered_imagenet": ImageTaskConfig, "table": TableConfig,
+             "movielens": MovieLensConfig,
              "navigation2d": Navigation2DConfig,
              "halfcheetah_vel": HalfCheetahVelocityConfig, "halfcheetah_dir": HalfCheetahConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config,
@@ -387,6 +395,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),
     ("task.objective", f"one of {', '.join(OBJECTIVES)}", lambda v: v in OBJECTIVES),
+    ("task.variant", f"one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
     ("task.augment", f"a list of {', '.join(AUGMENTS)}", lambda v: all(t in AUGMENTS for t in v)),
     ("task.channels", "1 or 3, or null to infer it from the images", lambda v: v in (1, 3)),
     ("task.horizon", *at_least(1)),

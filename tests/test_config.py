@@ -75,6 +75,7 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.augment=[hflip,blur]", "task.augment"),
     ("task=table task.path=x task.group=u task.target=y task.features=[x] "
      "task.objective=ranking", "task.objective"),
+    ("task=movielens task.variant=ml-20m", "task.variant"),
     ("task=folder task.path=x task.channels=2", "task.channels"),
     ("inner.later_lr=0", "inner.later_lr"),
     ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),
@@ -116,7 +117,8 @@ def test_every_rule_names_a_real_key():
                compose_train("inner=adam"), compose_train("+experiment=navigation2d_maml"),
                compose_train("+experiment=halfcheetah_vel_maml"),
                compose_train("task=folder", "task.path=x", "task.channels=3"),
-               compose_train("+experiment=relationnet_omniglot_5w1s"), compose_train("task=table"))
+               compose_train("+experiment=relationnet_omniglot_5w1s"), compose_train("task=table"),
+               compose_train("task=movielens"))
     for key, _, _ in RULES:
         assert any(OmegaConf.select(cfg, key, default="<absent>") != "<absent>"
                    for cfg in configs), key

@@ -126,7 +126,7 @@ class TableTasks(TaskFamily):
         self.split_file = (Path(split_file).expanduser() if split_file
                            else self.path.with_name(self.path.name + ".split.json"))
         numeric = [c for c in features if c not in categorical]
-        columns = read_columns(self.path, list(dict.fromkeys([group, target, *features])))
+        columns = self.read(list(dict.fromkeys([group, target, *features])))
         entities = [str(v) for v in columns[group]]
         split_of = self._entity_splits(sorted(set(entities)))
         rows = {s: [i for i, e in enumerate(entities) if split_of[e] == s] for s in SPLITS}
@@ -162,6 +162,10 @@ class TableTasks(TaskFamily):
                 "accuracy", True
         self.input_shape = (x.shape[1],)
         self.splits = {s: self._usable(s, x, y, entities, rows[s]) for s in SPLITS}
+
+    def read(self, wanted: list[str]) -> dict[str, list]:
+        """The `wanted` columns of the table, each a list of its rows' values."""
+        return read_columns(self.path, wanted)
 
     def _entity_splits(self, entities: list[str]) -> dict[str, str]:
         """{entity: split} from the split file, written first if there is none."""
@@ -228,6 +232,20 @@ class TableTasks(TaskFamily):
 
 def mae(prediction, target):
     return (prediction - target).abs().mean()
+
+
+def ndcg(k: int):
+    """nDCG@k of a task's query items ranked by their predicted value, the gains their true
+    values (ratings), so 1 when the top k predicted are the k best rated."""
+    def fn(prediction, target):
+        predicted, relevance = prediction[..., 0], target[..., 0]
+        top = min(k, relevance.shape[-1])
+        discount = 1 / torch.log2(torch.arange(2, top + 2, device=relevance.device,
+                                               dtype=relevance.dtype))
+        ranked = relevance.gather(-1, predicted.argsort(descending=True)[..., :top])
+        ideal = relevance.sort(descending=True).values[..., :top]
+        return (ranked * discount).sum(-1) / (ideal * discount).sum(-1)
+    return fn
 
 
 def _number_or(value: str) -> float:

@@ -3,6 +3,7 @@ maml-eval on entities never seen in training."""
 
 import csv
 import json
+import os
 import random
 
 from tests.helpers import assert_one_line_error, ok, run_cli
@@ -55,6 +56,22 @@ def test_maml_beats_the_pretrained_baseline_on_cold_start_users(tmp_path):
     maml, pretrain = curves["maml"], curves["pretrain"]
     assert maml[1] < 0.8 * pretrain[1] and maml[5] < 0.6 * pretrain[5], curves
     assert maml[5] < 0.5 * maml[0], curves
+
+
+def test_movielens_trains_and_reports_mse_mae_and_ndcg(tmp_path):
+    from tests.tasks.test_movielens import write_100k
+
+    write_100k(tmp_path / "data" / "movielens" / "ml-100k")
+    env = {**os.environ, "MAML_DATA_ROOT": str(tmp_path / "data")}
+    ok(run_cli("maml-train", "task=movielens", "model=embedding_mlp", "algorithm=anil",
+               "trainer.iterations=20", "trainer.meta_batch_size=4", "trainer.val_every=10",
+               "trainer.val_tasks=8", "inner.eval_steps=2", "hydra.run.dir=run", cwd=tmp_path,
+               env=env))
+    ok(run_cli("maml-eval", "checkpoint=run", "eval.tasks=12", cwd=tmp_path, env=env))
+    report = json.loads((tmp_path / "run" / "checkpoints" / "eval.json").read_text())
+    assert report["metric"] == "mse" and sorted(report["extra_metrics"]) == ["mae", "ndcg@3"]
+    ndcg = [r["mean"] for r in report["extra_metrics"]["ndcg@3"]]
+    assert len(ndcg) == 3 and all(0 < v <= 1 for v in ndcg)
 
 
 def test_table_mistakes_are_one_line_errors_before_training(tmp_path):
