@@ -77,7 +77,7 @@ def test_module_entry_points_and_help_show_the_keys(tmp_path):
                     "checkpoint_every:", "lr:", "steps:", "eval_steps:", "resume:", "tasks:"):
             assert key in text, key
     assert ("task: cifar_fs, cub, fc100, folder, halfcheetah_dir, halfcheetah_vel, miniimagenet, "
-            "mnist, navigation2d, omniglot, sinusoid, table, tiered_imagenet") in helped
+            "mnist, movielens, navigation2d, omniglot, sinusoid, table, tiered_imagenet") in helped
     assert ("algorithm: anil, fomaml, maml, metasgd, pretrain, protonet, relationnet, "
             "reptile") in helped
     assert "inner: adam, sgd" in helped

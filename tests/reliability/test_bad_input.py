@@ -10,7 +10,7 @@ from tests.helpers import assert_one_line_error, run_cli
 TRAIN_CASES = [
     (["task=nope"],
      "unknown task 'nope' (choose from: cifar_fs, cub, fc100, folder, halfcheetah_dir, "
-     "halfcheetah_vel, miniimagenet, mnist, navigation2d, omniglot, sinusoid, table, "
+     "halfcheetah_vel, miniimagenet, mnist, movielens, navigation2d, omniglot, sinusoid, table, "
      "tiered_imagenet)"),
     (["algorithm=maml,nope"], "unknown algorithm 'nope'"),
     (["inner.lr=-0.1"], "inner.lr must be > 0 (got -0.1)"),
