@@ -80,6 +80,8 @@ class FolderConfig(ImageTaskConfig):
 
 @dataclass
 class TableConfig(TaskConfig):
+    queries: int | None = MISSING  # null: all the entity's other rows, at most max_queries
+    max_queries: int = MISSING
     path: str = MISSING
     group: str = MISSING
     target: str = MISSING
@@ -91,6 +93,8 @@ class TableConfig(TaskConfig):
 
 @dataclass
 class MovieLensConfig(TaskConfig):
+    queries: int | None = MISSING
+    max_queries: int = MISSING
     variant: str = MISSING
     split_file: str | None = MISSING
 
@@ -390,7 +394,9 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("eval.tasks", ">= 2 (a confidence interval needs two)", lambda v: v >= 2),
     ("eval.batch_size", *at_least(1)),
     ("task.shots", *at_least(1)),
-    ("task.queries", *at_least(1)),
+    ("task.queries", ">= 1 (task=table, movielens: or null for all the entity's other rows)",
+     lambda v: v >= 1),
+    ("task.max_queries", *at_least(1)),
     ("task.ways", *at_least(2)),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),

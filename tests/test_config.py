@@ -76,6 +76,7 @@ OUT_OF_RANGE = [
     ("task=table task.path=x task.group=u task.target=y task.features=[x] "
      "task.objective=ranking", "task.objective"),
     ("task=movielens task.variant=ml-20m", "task.variant"),
+    ("task=movielens task.max_queries=0", "task.max_queries"),
     ("task=folder task.path=x task.channels=2", "task.channels"),
     ("inner.later_lr=0", "inner.later_lr"),
     ("+experiment=navigation2d_maml task.horizon=0", "task.horizon"),

@@ -91,11 +91,12 @@ def read_movielens(folder: Path, variant: str) -> tuple[dict[str, list], list[st
 
 class MovieLens(TableTasks):
     """Each user a task (TableTasks with the columns above): `shots` of their ratings the
-    support set, `queries` others the query set; the split file of users is written beside the
-    ratings file."""
+    support set, `queries` others (None: all the others, at most `max_queries`) the query set;
+    the split file of users is written beside the ratings file."""
 
-    def __init__(self, variant: str = "ml-100k", shots: int = 10, queries: int = 10,
-                 split_file: str | None = None, device="cpu", data=None):
+    def __init__(self, variant: str = "ml-100k", shots: int = 10, queries: int | None = 10,
+                 max_queries: int = 100, split_file: str | None = None, device="cpu",
+                 data=None):
         if variant not in VARIANTS:  # the schema's rule; here for direct users too
             raise UserError(f"task.variant must be one of {', '.join(VARIANTS)}")
         folder = Path(data.root).expanduser() / "movielens" / variant
@@ -109,7 +110,7 @@ class MovieLens(TableTasks):
                                 f"{URL.format(variant)}, or unzip that file into {folder.parent}")
         self._columns, features, categorical = read_movielens(folder, variant)
         super().__init__(str(folder / names[0]), "user", "rating", features, categorical,
-                         "regression", shots, queries, split_file, device, data)
+                         "regression", shots, queries, max_queries, split_file, device, data)
         self.extra_metrics = {"mae": mae, "ndcg@3": ndcg(3)}
 
     def read(self, wanted):

@@ -30,6 +30,8 @@ from maml_cli.tasks.base import SPLITS, TaskFamily, random_split
 from maml_cli.tasks.images import draw_rows, group_rows
 
 OBJECTIVES = ("regression", "classification")
+# The target of a padding row of a query (task.queries=null): none, in each objective's terms.
+NO_TARGET = {"regression": math.nan, "classification": -100}
 # The share of entities for validation and for test in a split file written here.
 VAL_SHARE, TEST_SHARE = 0.15, 0.15
 
@@ -43,6 +45,7 @@ class Entities:
     targets: torch.Tensor  # [rows, 1] (regression) or [rows] (class indices)
     index: torch.Tensor  # [entities, most rows of an entity]: each entity's rows, padded
     counts: torch.Tensor  # [entities]: rows of each entity
+    queries: int  # query rows of an episode's task (with task.queries=null: the widest's)
 
 
 def read_columns(path: Path, wanted: Sequence[str]) -> dict[str, list]:
@@ -112,7 +115,8 @@ class TableTasks(TaskFamily):
 
     def __init__(self, path: str, group: str, target: str, features: Sequence[str] = (),
                  categorical: Sequence[str] = (), objective: str = "regression", shots: int = 5,
-                 queries: int = 10, split_file: str | None = None, device="cpu", data=None):
+                 queries: int | None = 10, max_queries: int = 100,
+                 split_file: str | None = None, device="cpu", data=None):
         super().__init__(device, data)
         if objective not in OBJECTIVES:  # the schema's rule; here for direct users too
             raise UserError(f"task.objective must be one of {', '.join(OBJECTIVES)}")
@@ -122,6 +126,7 @@ class TableTasks(TaskFamily):
             if column not in features:
                 raise UserError(f"task.categorical: {column!r} is not one of task.features")
         self.path, self.shots, self.queries = Path(path).expanduser(), shots, queries
+        self.max_queries = max_queries
         self.objective = objective
         self.split_file = (Path(split_file).expanduser() if split_file
                            else self.path.with_name(self.path.name + ".split.json"))
@@ -193,52 +198,76 @@ class TableTasks(TaskFamily):
 
     def _usable(self, split: str, x, y, entities: list[str], rows: list[int]) -> Entities:
         """The split's rows grouped by entity, without the entities too short for an episode."""
-        need = self.shots + self.queries
+        need = self.shots + (self.queries or 1)
+        what = f"task.shots + {'task.queries' if self.queries else '1'} = {need}"
         index = {}
         for i in rows:
             index.setdefault(entities[i], []).append(i)
         kept = [e for e, members in sorted(index.items()) if len(members) >= need]
         if len(kept) < len(index):
-            log.info("%s split: %d of %d entities have fewer than task.shots + task.queries = "
-                     "%d rows and are skipped", split, len(index) - len(kept), len(index), need)
+            log.info("%s split: %d of %d entities have fewer than %s rows and are skipped",
+                     split, len(index) - len(kept), len(index), what)
         if not kept:
-            raise UserError(f"the {split} split has no entity with at least task.shots + "
-                            f"task.queries = {need} rows ({len(index)} entities, the largest "
-                            f"with {max(map(len, index.values()), default=0)})")
+            raise UserError(f"the {split} split has no entity with at least {what} rows "
+                            f"({len(index)} entities, the largest with "
+                            f"{max(map(len, index.values()), default=0)})")
         chosen = torch.tensor([i for e in kept for i in index[e]])
         rows, counts = group_rows(torch.tensor([n for n, e in enumerate(kept) for _ in index[e]]))
+        queries = self.queries or min(self.max_queries, int(counts.max()) - self.shots)
         dev = self.device
-        return Entities(x[chosen].to(dev), y[chosen].to(dev), rows.to(dev), counts.to(dev))
+        return Entities(x[chosen].to(dev), y[chosen].to(dev), rows.to(dev), counts.to(dev),
+                        queries)
 
     def sample(self, split: str, num_tasks: int, generator: torch.Generator) -> Episode:
         s = self.splits[split]
         entity = torch.randint(len(s.counts), (num_tasks, 1), generator=generator,
                                device=self.device)
-        rows = draw_rows(s.index, s.counts, entity, self.shots + self.queries, generator)[:, 0]
+        width = self.shots + s.queries
+        rows = draw_rows(s.index, s.counts, entity, width, generator)[:, 0]
         x, y = s.inputs[rows], s.targets[rows]  # [tasks, shots + queries, ...]
+        # With task.queries=null a task's query is all its entity's other rows (at most
+        # max_queries); past them, padding, whose target says "none" (NaN, or class -100).
+        padding = torch.arange(width, device=self.device) >= s.counts[entity]
+        y = y.masked_fill(padding[..., None] if y.dim() == 3 else padding,
+                          NO_TARGET[self.objective])
         return Episode(x[:, :self.shots], y[:, :self.shots], x[:, self.shots:],
                        y[:, self.shots:])
 
     def loss(self, prediction, target):
         if self.objective == "regression":
-            return F.mse_loss(prediction, target)
-        return F.cross_entropy(prediction, target)
+            return mse(prediction, target)
+        return F.cross_entropy(prediction, target, ignore_index=NO_TARGET["classification"])
 
     def metric(self, prediction, target):
         if self.objective == "regression":
-            return F.mse_loss(prediction, target)
-        return (prediction.argmax(dim=-1) == target).float().mean()
+            return mse(prediction, target)
+        valid = target != NO_TARGET["classification"]
+        return ((prediction.argmax(dim=-1) == target) & valid).sum() / valid.sum()
+
+
+def _errors(prediction, target):
+    """Prediction errors of the rows with a target, 0 at padding rows, and their count."""
+    valid = ~target.isnan()
+    return (prediction - target.nan_to_num()) * valid, valid.sum()
+
+
+def mse(prediction, target):
+    errors, count = _errors(prediction, target)
+    return errors.square().sum() / count
 
 
 def mae(prediction, target):
-    return (prediction - target).abs().mean()
+    errors, count = _errors(prediction, target)
+    return errors.abs().sum() / count
 
 
 def ndcg(k: int):
     """nDCG@k of a task's query items ranked by their predicted value, the gains their true
     values (ratings), so 1 when the top k predicted are the k best rated."""
     def fn(prediction, target):
-        predicted, relevance = prediction[..., 0], target[..., 0]
+        valid = ~target[..., 0].isnan()  # padding rows rank last and gain nothing
+        predicted = prediction[..., 0].masked_fill(~valid, -torch.inf)
+        relevance = target[..., 0].nan_to_num()
         top = min(k, relevance.shape[-1])
         discount = 1 / torch.log2(torch.arange(2, top + 2, device=relevance.device,
                                                dtype=relevance.dtype))

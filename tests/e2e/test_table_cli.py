@@ -63,7 +63,9 @@ def test_movielens_trains_and_reports_mse_mae_and_ndcg(tmp_path):
 
     write_100k(tmp_path / "data" / "movielens" / "ml-100k")
     env = {**os.environ, "MAML_DATA_ROOT": str(tmp_path / "data")}
-    ok(run_cli("maml-train", "task=movielens", "model=embedding_mlp", "algorithm=anil",
+    # Each user's query: all their ratings outside the support (padded to the widest).
+    ok(run_cli("maml-train", "task=movielens", "task.queries=null", "model=embedding_mlp",
+               "algorithm=anil",
                "trainer.iterations=20", "trainer.meta_batch_size=4", "trainer.val_every=10",
                "trainer.val_tasks=8", "inner.eval_steps=2", "hydra.run.dir=run", cwd=tmp_path,
                env=env))

@@ -142,3 +142,18 @@ def test_genres_are_read_from_each_layouts_own_encoding(tmp_path):
     b = MovieLens("ml-1m", shots=4, queries=6, data=place(tmp_path))
     assert len(GENRES_100K) == 19 and a.input_shape[0] == 19 + 1 + 4
     assert b.input_shape[0] == 6 + 5  # Action, Comedy, Drama, Romance, Sci-Fi, War
+
+
+def test_ndcg_and_mae_skip_the_padding_of_a_null_query_count(tmp_path):
+    write_100k(tmp_path / "movielens" / "ml-100k")
+    family = MovieLens("ml-100k", shots=5, queries=None, max_queries=25, data=place(tmp_path))
+    episode = family.sample("train", 16, torch.Generator().manual_seed(0))
+    y = episode.query_y
+    assert y.shape == (16, 25, 1) and y.isnan().any()  # users rate 20 to 30: 15 to 25 others
+    for t in range(16):
+        keep = ~y[t, :, 0].isnan()
+        perfect = family.metrics(y[t].nan_to_num(), y[t])
+        torch.testing.assert_close(perfect, torch.tensor([0.0, 0.0, 1.0]))
+        guess = torch.linspace(5, 1, 25)[:, None]
+        torch.testing.assert_close(family.metrics(guess, y[t]),
+                                   family.metrics(guess[keep], y[t][keep]))

@@ -163,3 +163,32 @@ def test_a_missing_file_and_an_entity_outside_the_split_are_errors(tmp_path):
     (tmp_path / "ratings.csv.split.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="is not a split file"):
         tasks(path)
+
+
+@pytest.mark.parametrize("objective", ["regression", "classification"])
+def test_a_null_query_count_takes_all_the_other_rows_padded_and_ignored(tmp_path, objective):
+    path = write_table(tmp_path / "ratings.csv", users=30, rows_of=lambda u: 4 + u % 7)
+    family = tasks(path, queries=None, max_queries=5, objective=objective)
+    split = json.loads((tmp_path / "ratings.csv.split.json").read_text())
+    episode = family.sample("train", 200, torch.Generator().manual_seed(0))
+    assert episode.query_x.shape[:2] == (200, 5)  # capped: the longest train entity has 10
+    mean, std = family_stats(path, split["train"])
+    raw = lambda x: (x[..., 0].double() * std + mean).round().long()  # noqa: E731
+    support, query = raw(episode.support_x), raw(episode.query_x)
+    regression = objective == "regression"
+    has_target = (~episode.query_y[..., 0].isnan()) if regression else episode.query_y >= 0
+    for t in range(200):
+        user, rows = int(support[t, 0]) // 100, 4 + int(support[t, 0]) // 100 % 7
+        real = query[t][has_target[t]]
+        # Every other row of the entity, up to the cap; the rest of the query is padding.
+        assert len(real) == min(rows - 2, 5) and set((real // 100).tolist()) == {user}
+        assert not set(real.tolist()) & set(support[t].tolist())
+    assert (~has_target).any() and has_target.all(1).any()
+    # Padding takes no part in the loss or the metrics: the same as on the real rows alone.
+    torch.manual_seed(0)
+    prediction = torch.randn(5, family.num_outputs)
+    y, keep = episode.query_y[0], has_target[0]
+    for fn in (family.loss, family.metric):
+        torch.testing.assert_close(fn(prediction, y), fn(prediction[keep], y[keep]))
+    if regression:
+        assert family.metrics(prediction, y).isfinite().all()
