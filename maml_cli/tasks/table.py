@@ -157,14 +157,16 @@ class TableTasks(TaskFamily):
             self.extra_metrics = {"mae": mae}
         else:
             labels = [str(v) for v in columns[target]]
-            classes = sorted(set(labels), key=lambda v: (not _is_number(v), _number_or(v), v))
+            # Numbers in numeric order (ratings 1..10), then any other values by name.
+            classes = sorted(set(labels), key=lambda v: (not _is_number(v),
+                                                         float(v) if _is_number(v) else 0, v))
             if len(classes) < 2:
                 raise UserError(f"task.target: column {target!r} has one value; classification "
                                 f"needs at least two")
             code = {v: i for i, v in enumerate(classes)}
             y = torch.tensor([code[v] for v in labels])
-            self.num_outputs, self.metric_name, self.higher_is_better = len(classes), \
-                "accuracy", True
+            self.num_outputs = len(classes)
+            self.metric_name, self.higher_is_better = "accuracy", True
         self.input_shape = (x.shape[1],)
         self.splits = {s: self._usable(s, x, y, entities, rows[s]) for s in SPLITS}
 
@@ -276,6 +278,3 @@ def ndcg(k: int):
         return (ranked * discount).sum(-1) / (ideal * discount).sum(-1)
     return fn
 
-
-def _number_or(value: str) -> float:
-    return float(value) if _is_number(value) else 0.0
