@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import hydra
@@ -43,13 +44,17 @@ def main(cfg: DictConfig) -> dict:
     ev, steps, (name, *extra) = run.eval, run.engine.eval_steps, run.task.metric_names
     log.info("evaluating %s (iteration %d) on %d test tasks", path, state["iteration"], ev.tasks)
     group = distributed.group()
+    start = time.perf_counter()
     curves = adaptation_curves(run, "test", ev.tasks, ev.seed, ev.batch_size, group)
+    tasks_per_s = ev.tasks / (time.perf_counter() - start)
     by_metric = [[dict(zip(("steps", "mean", "ci95"), (s, *mean_ci95(curves[:, s, m]))))
                   for s in range(steps + 1)] for m in range(1 + len(extra))]
     results = by_metric[0]
     report = {
         "checkpoint": str(path), "iteration": state["iteration"], "label": label(run, path),
         "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
+        # Sampling, adaptation and metrics of every test task, over the wall time they took.
+        "tasks_per_s": tasks_per_s,
     }
     if extra:  # the task's other metrics, on the same tasks
         report["extra_metrics"] = dict(zip(extra, by_metric[1:]))
@@ -64,7 +69,8 @@ def main(cfg: DictConfig) -> dict:
                 ["inner steps", *(f"{n} (mean ± 95% CI)" for n in (name, *extra))],
                 [[str(s), *(f"{rows[s]['mean']:.4f} ± {rows[s]['ci95']:.4f}" for rows in by_metric)]
                  for s in range(steps + 1)])
-    log.info("wrote %s", path.parent / "eval.json")
+    log.info("wrote %s (%.1f tasks adapted and scored per second)", path.parent / "eval.json",
+             tasks_per_s)
     return report
 
 
