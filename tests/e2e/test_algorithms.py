@@ -67,13 +67,14 @@ def test_protonet_relationnet_and_the_mamlpp_preset_on_omniglot(tmp_path, data_e
         more_runs=[["+experiment=omniglot_5w1s", "algorithm=protonet",
                     "trainer.meta_batch_size=4"],
                    ["+experiment=relationnet_omniglot_5w1s", "task.queries=5",
-                    "trainer.lr_decay_every=10"]])
+                    "trainer.iterations=20", "trainer.val_every=20",
+                    "trainer.lr_decay_every=5"]])
     (mamlpp_dir, mamlpp), (_, protonet), (relationnet_dir, relationnet) = reports.items()
     for report in protonet, relationnet:
         accuracies = [r["mean"] for r in report["results"]]
         assert accuracies == [accuracies[0]] * 4 and accuracies[0] > 0.3  # no inner loop
     # The relation module is saved beside the model, and maml-eval used it; the outer rate
-    # halved every 10 iterations: iteration 40's is 1e-3 / 2^3.
+    # halved every 5 iterations: iteration 20's is 1e-3 / 2^3.
     state = torch.load(relationnet_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["algorithm"]["relation.compare.weight"].shape == (64, 128, 3, 3)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 8)
