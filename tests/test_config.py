@@ -73,9 +73,6 @@ OUT_OF_RANGE = [
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
     ("+experiment=omniglot_5w1s task.augment=[hflip,blur]", "task.augment"),
-    ("task=table task.path=x task.group=u task.target=y task.features=[x] "
-     "task.objective=ranking", "task.objective"),
-    ("task=movielens task.variant=ml-20m", "task.variant"),
     ("task=movielens task.max_queries=0", "task.max_queries"),
     ("task=folder task.path=x task.channels=2", "task.channels"),
     ("inner.later_lr=0", "inner.later_lr"),

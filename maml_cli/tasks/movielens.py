@@ -97,7 +97,7 @@ class MovieLens(TableTasks):
     def __init__(self, variant: str = "ml-100k", shots: int = 10, queries: int | None = 10,
                  max_queries: int = 100, split_file: str | None = None, device="cpu",
                  data=None):
-        if variant not in VARIANTS:  # the schema's rule; here for direct users too
+        if variant not in VARIANTS:  # before any file is read
             raise UserError(f"task.variant must be one of {', '.join(VARIANTS)}")
         folder = Path(data.root).expanduser() / "movielens" / variant
         names = FILES[variant]

@@ -93,8 +93,10 @@ def numbers(values: list, column: str, key: str) -> torch.Tensor:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
         bad = next(v for v in values if not _is_number(v))
-        raise UserError(f"{key}: column {column!r} is not numeric (it holds {bad!r}); list it "
-                        f"in task.categorical to embed it") from None
+        fix = ("list it in task.categorical to embed it" if key == "task.features" else
+               "set task.objective=classification for a target of classes")
+        raise UserError(f"{key}: column {column!r} is not numeric (it holds {bad!r}); "
+                        f"{fix}") from None
     if not all(math.isfinite(v) for v in out):
         raise UserError(f"{key}: column {column!r} holds a value that is not finite")
     return torch.tensor(out, dtype=torch.float64)
@@ -118,7 +120,7 @@ class TableTasks(TaskFamily):
                  queries: int | None = 10, max_queries: int = 100,
                  split_file: str | None = None, device="cpu", data=None):
         super().__init__(device, data)
-        if objective not in OBJECTIVES:  # the schema's rule; here for direct users too
+        if objective not in OBJECTIVES:  # before any file is read
             raise UserError(f"task.objective must be one of {', '.join(OBJECTIVES)}")
         if not features:
             raise UserError("task.features: list the input columns")

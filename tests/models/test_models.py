@@ -85,3 +85,19 @@ def test_reference_init_draws_the_reference_codes_distributions():
     assert float(convs[1].weight.detach().std()) == pytest.approx(bound / 3 ** 0.5, rel=0.05)
     with pytest.raises(UserError, match="model.init must be one of torch, reference"):
         Conv4((1, 28, 28), 5, init="xavier")
+
+
+def test_embedding_mlp_embeds_each_categorical_input_after_the_numeric_ones():
+    from maml_cli.models.embedding_mlp import EmbeddingMLP
+
+    model = EmbeddingMLP((4,), 3, categories=[5, 2], hidden=[6], embedding_dim=3)
+    assert [t.num_embeddings for t in model[0].tables] == [5, 2]
+    assert model[1].in_features == 2 + 2 * 3 and model[-1].out_features == 3
+    x = torch.tensor([[0.5, -1.0, 4.0, 1.0]])
+    features = model[0](x)
+    assert torch.equal(features[0, :2], x[0, :2])
+    assert torch.equal(features[0, 2:5], model[0].tables[0].weight[4])
+    assert torch.equal(features[0, 5:], model[0].tables[1].weight[1])
+    for bad in ({"embedding_dim": 0}, {"hidden": []}, {"hidden": [4, 0]}):
+        with pytest.raises(UserError, match="model.embedding_dim and model.hidden must be >= 1"):
+            EmbeddingMLP((4,), 3, categories=[5, 2], **bad)

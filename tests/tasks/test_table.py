@@ -140,7 +140,9 @@ def test_short_entities_are_skipped_and_counted(tmp_path, caplog):
     ({"categorical": ["item"]}, "task.features: column 'genre' is not numeric \\(it holds "
                                 "'(drama|comedy)'\\); list it in task.categorical"),
     ({"categorical": ["item", "user"]}, "task.categorical: 'user' is not one of task.features"),
-    ({"target": "genre"}, "task.target: column 'genre' is not numeric"),
+    ({"target": "genre"}, "task.target: column 'genre' is not numeric \\(it holds "
+                          "'(drama|comedy)'\\); set task.objective=classification"),
+    ({"objective": "ranking"}, "task.objective must be one of regression, classification"),
     ({"shots": 10, "queries": 10}, "the train split has no entity with at least task.shots \\+ "
                                    "task.queries = 20 rows"),
     ({"features": []}, "task.features: list the input columns"),
