@@ -17,7 +17,7 @@ from torch import nn
 
 from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
-from maml_cli.engine import Engine, choose_compile, choose_strategy
+from maml_cli.engine import Engine, choose_strategy
 from maml_cli.errors import UserError
 from maml_cli.schemas import SCHEMAS, EvalConfig, ImageTaskConfig, TrainerConfig
 from maml_cli.tasks.base import DataPlace, TaskFamily
@@ -139,8 +139,9 @@ def build(cfg: DictConfig) -> Run:
         inner=make("inner", cfg.inner), num_classes=getattr(task, "ways", None),
         data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )
-    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device),
-                    choose_compile(cfg.trainer.compile, device), cfg.trainer.amp, task)
+    # Eager until the trainer settles trainer.compile (evaluation never compiles).
+    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device), amp=cfg.trainer.amp,
+                    task=task)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,

@@ -102,6 +102,7 @@ class Progress:
     iteration: int = 0
     best: float | None = None  # the best validation metric so far
     skipped: int = 0  # meta-batches dropped by trainer.nan_policy=skip
+    compiled: bool | None = None  # whether the engine compiles (None: auto, not yet settled)
 
 
 def capture(run: Run, progress: Progress, sampler: torch.Generator) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def capture(run: Run, progress: Progress, sampler: torch.Generator) -> dict[str,
         "rng": {**rng_state(), "sampler": sampler.get_state()},
         "best": progress.best,
         "skipped": progress.skipped,
+        "compiled": progress.compiled,
         "metric": run.task.metric_name,
         "config": run.config,
     }
@@ -135,7 +137,8 @@ def restore(run: Run, state: dict, sampler: torch.Generator) -> Progress:
                         f"{str(e).splitlines()[0]}") from None
     set_rng_state(state["rng"])
     sampler.set_state(state["rng"]["sampler"])
-    return Progress(state["iteration"], state["best"], state["skipped"])
+    # Checkpoints from before trainer.compile=auto could switch mid-run have no "compiled".
+    return Progress(state["iteration"], state["best"], state["skipped"], state.get("compiled"))
 
 
 class Folder:

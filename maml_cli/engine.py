@@ -56,12 +56,27 @@ def _stack(outputs: list):
     return type(first)(_stack(list(group)) for group in zip(*outputs))
 
 
-def choose_compile(setting: bool | str, device: torch.device) -> bool:
-    """trainer.compile=auto compiles on CUDA, where benchmarks/bench.py measured 3x the
-    iterations per second (conv4 Omniglot on an H100), paid back after about 1,500 iterations;
-    not on CPU, where compiling takes 30 s to minutes on few cores and the default runs are
-    short."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+# trainer.compile=auto on the CPU compiles once the trainer has timed its first iterations and
+# the rest of the run, eager, would take longer than this. Compiling there took 30 s (the
+# sinusoid MLP) to over 2 minutes (conv4, five inner steps) on 2 cores and then made every
+# iteration 1.4-2x faster (docs/performance.md): a run this long repays it at least twice over.
+CPU_COMPILE_AFTER_S = 600.0
+
+
+def choose_compile(setting: bool | str, device: torch.device, policy: bool = False,
+                   eager_s_left: float | None = None) -> bool | None:
+    """Whether the engine compiles; None: trainer.compile=auto on the CPU, not yet known, which
+    the trainer settles with `eager_s_left` (its first iterations' time, eager, times the
+    iterations left). Auto on CUDA: always, where benchmarks/bench.py measured 3x the iterations
+    per second (conv4 Omniglot on an H100), paid back after about 1,500 iterations. Never for
+    RL policies on the CPU: their TRPO step, which is not compiled, is most of an iteration."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    if policy:
+        return False
+    return None if eager_s_left is None else eager_s_left > CPU_COMPILE_AFTER_S
 
 
 class Engine:
@@ -79,6 +94,11 @@ class Engine:
         self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
         self._task_loss = None  # made once (compiling is slow) by _mapped_task_loss
+
+    def set_compile(self, compile: bool) -> None:
+        """Compile (or not) from the next meta-batch on: trainer.compile=auto's late choice."""
+        if compile != self.compile:
+            self.compile, self._task_loss = compile, None
 
     @torch.no_grad()
     def collect(self, params, buffers, episode: Episode, steps: int | None = None) -> Episode:

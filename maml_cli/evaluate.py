@@ -46,17 +46,18 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * values.std().item() / math.sqrt(values.numel())
 
 
-def validate(run: Run, tracker: Tracker, iteration: int, best: float | None) -> float:
+def validate(run: Run, tracker: Tracker, iteration: int, best: float | None,
+             figure: bool = True) -> float:
     """The validation metric after eval_steps on trainer.val_tasks validation tasks, logged with
-    the metric before adaptation (and, for sinusoids, the fit's figure)."""
+    the metric before adaptation (and with `figure`, the task's figure, where it has one)."""
     seed, steps, name = run.seed + VAL_SEED_OFFSET, run.engine.eval_steps, run.task.metric_name
     curves = adaptation_curves(run, "val", run.trainer.val_tasks, seed, run.eval.batch_size)[..., 0]
     before, _ = mean_ci95(curves[:, 0])
     after, ci = mean_ci95(curves[:, -1])
     tracker.scalars(iteration, {f"val/{name}_pre": before, f"val/{name}": after})
-    figure = task_figure(run, seed, (1, steps))
-    if figure is not None:
-        tracker.figure(f"val/{figure[0]}", figure[1], iteration)
+    drawn = task_figure(run, seed, (1, steps)) if figure else None
+    if drawn is not None:
+        tracker.figure(f"val/{drawn[0]}", drawn[1], iteration)
     log.info("iteration %d: val %s %.4f before adaptation, %.4f ± %.4f after %d steps%s",
              iteration, name, before, after, ci, steps,
              " (best)" if run.task.better(after, best) else "")

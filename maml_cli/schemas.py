@@ -249,6 +249,10 @@ class TrainerConfig:
     meta_batch_size: int = 25
     val_every: int = 1000  # 0: no validation
     val_tasks: int = 200
+    # A validation also logs the task's figure (sinusoid fit, navigation paths) once this many
+    # iterations have passed since the last one (0: never): drawing one costs about as much as
+    # 50 iterations of the default run.
+    figure_every: int = 5000
     checkpoint_every: int = 0  # also write checkpoints/iter_<n>.pt every n iterations (0: never)
     keep_last: int = 0  # keep only the newest n iter_*.pt (0: all); last.pt, best.pt stay
     log_every: int = 50
@@ -369,6 +373,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("trainer.stop_after", ">= 1, or null for trainer.iterations", lambda v: v >= 1),
     ("trainer.val_every", ">= 0 (0 disables validation)", lambda v: v >= 0),
     ("trainer.val_tasks", *at_least(1)),
+    ("trainer.figure_every", ">= 0 (0: no figures)", lambda v: v >= 0),
     ("trainer.checkpoint_every", ">= 0 (0: only last.pt and best.pt)", lambda v: v >= 0),
     ("trainer.keep_last", ">= 0 (0 keeps every iter_*.pt)", lambda v: v >= 0),
     ("trainer.log_every", *at_least(1)),

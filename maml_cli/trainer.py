@@ -4,6 +4,7 @@ validate and checkpoint; stop cleanly on a signal or a non-finite meta-gradient.
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from maml_cli import checkpoint, distributed, tracking
 from maml_cli.build import Run
 from maml_cli.cli import stop_requests
+from maml_cli.engine import choose_compile
 from maml_cli.errors import UserError
 from maml_cli.evaluate import validate
 from maml_cli.tracking import Tracker, Window, log, progress
@@ -19,6 +21,9 @@ from maml_cli.tracking import Tracker, Window, log, progress
 # Under trainer.nan_policy=skip, this many non-finite meta-batches in a row stop the run anyway:
 # then the meta-parameters themselves are broken, and skipping would spin forever.
 MAX_CONSECUTIVE_SKIPS = 20
+# trainer.compile=auto on the CPU times this many iterations after the first (which has one-off
+# costs) before it chooses.
+TIMED_ITERATIONS = 3
 
 
 class Trainer:
@@ -33,10 +38,20 @@ class Trainer:
         # Iteration of the first non-finite loss or gradient (0: none), kept on the device so
         # that checking costs no sync; it is read wherever the loop syncs anyway.
         self.first_bad = torch.zeros((), dtype=torch.long, device=run.device)
+        self.last_figure = None  # the iteration of the last validation figure in this process
         if resume is not None:
             self.progress = checkpoint.restore(run, resume, self.sampler)
             log.info("resumed at iteration %d (best val %s so far: %s)", self.progress.iteration,
                      run.task.metric_name, self.progress.best)
+        # trainer.compile=auto on the CPU is settled by this process's first iterations unless
+        # a checkpoint already holds the choice: then a resumed run goes on as the
+        # uninterrupted one did.
+        choice = choose_compile(run.trainer.compile, run.device,
+                                getattr(run.model, "is_policy", False))
+        if choice is not None or self.progress.compiled is None:
+            self.progress.compiled = choice
+        run.engine.set_compile(bool(self.progress.compiled))
+        self.eager_seconds: list[float] = []
 
     def save(self, *names: str) -> None:
         self._check_finite()
@@ -49,8 +64,12 @@ class Trainer:
         if not self.group.main:
             return None
         self._check_finite()
-        p = self.progress
-        metric = validate(self.run, tracker, p.iteration, p.best)
+        p, every, last = self.progress, self.run.trainer.figure_every, self.last_figure
+        figure = bool(every) and (last is None or p.iteration - last >= every
+                                  or p.iteration == self.run.trainer.iterations)
+        if figure:
+            self.last_figure = p.iteration
+        metric = validate(self.run, tracker, p.iteration, p.best, figure)
         if self.run.task.better(metric, p.best):
             p.best = metric
             self.save("best.pt")
@@ -71,7 +90,10 @@ class Trainer:
             end = min(tc.iterations, tc.stop_after or tc.iterations)
             while p.iteration < end:
                 p.iteration += 1
+                step_started = time.perf_counter()
                 window.add(self._step(bool(stop)))
+                if p.compiled is None:
+                    self._choose_compile(time.perf_counter() - step_started)
                 if p.iteration % tc.log_every == 0 or p.iteration == end:
                     self._check_finite()
                     last = window.close(self.group, tc.meta_batch_size) or last
@@ -117,7 +139,10 @@ class Trainer:
         if group.world > 1:
             loss, self.stopping = distributed.average(grads, loss, stop_requested,
                                                       group.share(size))
-        finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        # One multi-tensor norm over the loss and every gradient is non-finite if any of them
+        # is: a few kernels, where torch.nn.utils.get_total_norm's bookkeeping alone costs
+        # more than the check on small models (make bench's T1).
+        finite = torch.stack(torch._foreach_norm([loss, *grads])).isfinite().all()
         if run.trainer.nan_policy == "skip":
             if not finite.item():  # a sync per iteration: the price of choosing to skip
                 self.progress.skipped += 1
@@ -128,12 +153,31 @@ class Trainer:
                 return None
             self.consecutive_skips = 0
         else:
-            self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad, it)
+            self.first_bad = torch.where(finite | self.first_bad.bool(), self.first_bad, it)
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
             run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
             return metrics | run.optimizer.stats
         run.optimizer.step()
         return metrics
+
+    def _choose_compile(self, seconds: float) -> None:
+        """trainer.compile=auto on the CPU: once TIMED_ITERATIONS have been timed, compile if the
+        rest of the run, eager, would take longer than engine.CPU_COMPILE_AFTER_S. Every rank
+        takes the slowest rank's time, so that all choose alike."""
+        self.eager_seconds.append(seconds)
+        if len(self.eager_seconds) <= TIMED_ITERATIONS:
+            return
+        per_iteration = statistics.median(self.eager_seconds[1:])
+        if self.group.world > 1:
+            per_iteration = max(distributed.gather([per_iteration]))
+        run, p = self.run, self.progress
+        left = per_iteration * (run.trainer.iterations - p.iteration)
+        p.compiled = choose_compile("auto", run.device, eager_s_left=left)
+        if p.compiled:
+            log.info("trainer.compile=auto: the %d iterations left would take about %.0f min "
+                     "uncompiled, so the engine compiles now (trainer.compile=false: never)",
+                     run.trainer.iterations - p.iteration, left / 60)
+            run.engine.set_compile(True)
 
     def _stop(self, signum: int) -> None:
         self.save("last.pt")

@@ -51,6 +51,7 @@ OUT_OF_RANGE = [
     ("trainer.compile=yes", "trainer.compile"),
     ("trainer.meta_batch_size=0", "trainer.meta_batch_size"),
     ("trainer.val_every=-1", "trainer.val_every"), ("trainer.val_tasks=0", "trainer.val_tasks"),
+    ("trainer.figure_every=-1", "trainer.figure_every"),
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
     ("trainer.keep_last=-1", "trainer.keep_last"), ("trainer.log_every=0", "trainer.log_every"),
     ("trainer.nan_policy=ignore", "trainer.nan_policy"),

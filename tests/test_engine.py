@@ -10,7 +10,13 @@ from torch.func import functional_call
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
-from maml_cli.engine import STRATEGIES, Engine, choose_compile, choose_strategy
+from maml_cli.engine import (
+    CPU_COMPILE_AFTER_S,
+    STRATEGIES,
+    Engine,
+    choose_compile,
+    choose_strategy,
+)
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
 from maml_cli.models.conv4 import Conv4
@@ -55,11 +61,15 @@ def test_torchs_batchnorm_without_running_stats_gets_the_exact_meta_gradient_in_
     assert_close([p.grad for p in model.parameters()], want)
 
 
-def test_compile_auto_compiles_on_cuda_only():
-    assert choose_compile("auto", torch.device("cuda")) is True
-    assert choose_compile("auto", torch.device("cpu")) is False
-    assert choose_compile(True, torch.device("cpu")) is True
-    assert choose_compile(False, torch.device("cuda")) is False
+def test_compile_auto_compiles_on_cuda_and_on_the_cpu_for_long_runs_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_compile("auto", cuda) is True
+    assert choose_compile("auto", cpu) is None  # the trainer times its first iterations
+    assert choose_compile("auto", cpu, eager_s_left=CPU_COMPILE_AFTER_S / 2) is False
+    assert choose_compile("auto", cpu, eager_s_left=CPU_COMPILE_AFTER_S * 2) is True
+    assert choose_compile("auto", cpu, policy=True) is False
+    assert choose_compile(True, cpu) is True
+    assert choose_compile(False, cuda) is False
 
 
 def test_device_threads_sets_torchs_cpu_threads():

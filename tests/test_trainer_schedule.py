@@ -1,0 +1,79 @@
+"""What the trainer does on its own schedule, in-process: trainer.compile=auto's choice on the
+CPU (eager while it times its first iterations, then compiled when the rest of the run would
+repay it, that choice kept across resume) and the validation figure's cadence.
+
+torch.compile itself is replaced by a recorder here: compiling the MLP takes half a minute on
+two cores, and the compiled engine's results are tested in test_engine.py."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from maml_cli import engine
+from maml_cli.build import build
+from maml_cli.config import config_dir, register_configs
+from maml_cli.trainer import TIMED_ITERATIONS, Trainer
+
+register_configs()
+
+
+@pytest.fixture
+def compiles(monkeypatch):
+    """The functions torch.compile was asked to compile, returned uncompiled."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or fn)
+    return calls
+
+
+def train(run_dir, *overrides, resume=None):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["device=cpu", "trainer.iterations=10",
+                                          "trainer.val_every=0", "trainer.log_every=5",
+                                          *overrides])
+    run = build(cfg)
+    trainer = Trainer(run, run_dir, resume)
+    trainer.fit()
+    return run, torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_a_run_long_enough_compiles_after_its_timed_iterations(tmp_path, compiles,
+                                                                monkeypatch):
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    run, last = train(tmp_path, "trainer.stop_after=7")
+    assert run.engine.compile and last["compiled"] is True
+    assert len(compiles) == 1
+
+    # Resumed, the choice is the checkpoint's, however short the rest of the run now looks.
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", float("inf"))
+    compiles.clear()
+    run, last = train(tmp_path, resume=last)
+    assert run.engine.compile and last["compiled"] is True and last["iteration"] == 10
+    assert len(compiles) == 1
+
+
+def test_a_short_run_stays_eager_and_says_so_in_its_checkpoint(tmp_path, compiles):
+    run, last = train(tmp_path)
+    assert not run.engine.compile and last["compiled"] is False
+    assert compiles == []
+
+
+def test_a_run_stopped_before_choosing_chooses_when_resumed(tmp_path, compiles, monkeypatch):
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    _, last = train(tmp_path, f"trainer.stop_after={TIMED_ITERATIONS}")
+    assert last["compiled"] is None and compiles == []
+    run, last = train(tmp_path, resume=last)
+    assert run.engine.compile and last["compiled"] is True
+
+
+def test_an_explicit_setting_is_never_second_guessed(tmp_path, compiles, monkeypatch):
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    run, last = train(tmp_path, "trainer.compile=false")
+    assert not run.engine.compile and last["compiled"] is False and compiles == []
+
+
+def test_the_figure_is_drawn_first_then_every_figure_every_iterations_and_last(tmp_path):
+    train(tmp_path, "trainer.val_every=3", "trainer.figure_every=5")
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [e.step for e in events.Scalars("val/mse")] == [0, 3, 6, 9, 10]
+    assert [e.step for e in events.Images("val/fit")] == [0, 6, 10]
