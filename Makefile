@@ -28,7 +28,7 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-## bench: maml-cli's engine against higher and a naive loop, every algorithm's speed, the trainer's overhead and the RL phases (docs/performance.md), ~13 min on 2 cores
+## bench: maml-cli's engine against higher and a naive loop, every algorithm's speed, the trainer's overhead and the RL phases (docs/performance.md), ~27 min on 2 cores
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --out benchmarks/results/latest.json $(ARGS)
 

@@ -250,8 +250,8 @@ class TrainerConfig:
     val_every: int = 1000  # 0: no validation
     val_tasks: int = 200
     # A validation also logs the task's figure (sinusoid fit, navigation paths) once this many
-    # iterations have passed since the last one (0: never): drawing one costs about as much as
-    # 50 iterations of the default run.
+    # iterations have passed since the last one (0: never): drawing and encoding one took
+    # 60-80 ms on a 2-core CPU, a dozen iterations of the default run.
     figure_every: int = 5000
     checkpoint_every: int = 0  # also write checkpoints/iter_<n>.pt every n iterations (0: never)
     keep_last: int = 0  # keep only the newest n iter_*.pt (0: all); last.pt, best.pt stay
@@ -265,9 +265,10 @@ class TrainerConfig:
     lr_decay_every: int | None = None
     lr_decay: float = 0.5
     # Speed switches (docs/performance.md has the measurements). compile: torch.compile the
-    # meta-batch, 1.7-3.3x faster per iteration after 30 s to minutes of compiling; auto: on
-    # CUDA only. amp: bf16 autocast, at best 8% faster and its second-order meta-gradients are
-    # far from exact, so off (null).
+    # meta-batch, 1.8-3.3x faster per iteration after 30 s to minutes of compiling; auto: on
+    # CUDA, and on the CPU once the first iterations show the run long enough to repay it.
+    # amp: bf16 autocast, at best 8% faster and its second-order meta-gradients are far from
+    # exact, so off (null).
     compile: Any = "auto"
     amp: str | None = None
 

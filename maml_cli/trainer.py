@@ -35,9 +35,10 @@ class Trainer:
         self.buffers = dict(run.model.named_buffers())
         self.progress, self.consecutive_skips = checkpoint.Progress(), 0
         self.stopping = False  # all ranks agree on it (distributed.average)
-        # Iteration of the first non-finite loss or gradient (0: none), kept on the device so
-        # that checking costs no sync; it is read wherever the loop syncs anyway.
-        self.first_bad = torch.zeros((), dtype=torch.long, device=run.device)
+        # The iteration of the first non-finite loss or gradient found (0: none), and the norms
+        # of the loss and every gradient of the iterations not inspected yet: one multi-tensor
+        # kernel per iteration and no sync, read back where the loop syncs anyway.
+        self.first_bad, self.unchecked = 0, []
         self.last_figure = None  # the iteration of the last validation figure in this process
         if resume is not None:
             self.progress = checkpoint.restore(run, resume, self.sampler)
@@ -139,21 +140,21 @@ class Trainer:
         if group.world > 1:
             loss, self.stopping = distributed.average(grads, loss, stop_requested,
                                                       group.share(size))
-        # One multi-tensor norm over the loss and every gradient is non-finite if any of them
-        # is: a few kernels, where torch.nn.utils.get_total_norm's bookkeeping alone costs
-        # more than the check on small models (make bench's T1).
-        finite = torch.stack(torch._foreach_norm([loss, *grads])).isfinite().all()
+        # A norm is non-finite if anything in its tensor is (torch.nn.utils.get_total_norm's
+        # own bookkeeping costs more than this on small models: make bench's T1).
+        norms = torch._foreach_norm([loss, *grads])
         if run.trainer.nan_policy == "skip":
-            if not finite.item():  # a sync per iteration: the price of choosing to skip
+            # a sync per iteration: the price of choosing to skip
+            if not torch.stack(norms).isfinite().all().item():
                 self.progress.skipped += 1
                 self.consecutive_skips += 1
                 if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    self.first_bad.fill_(it)
+                    self.first_bad = it
                     self._check_finite()
                 return None
             self.consecutive_skips = 0
         else:
-            self.first_bad = torch.where(finite | self.first_bad.bool(), self.first_bad, it)
+            self.unchecked.append((it, norms))
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
             run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
             return metrics | run.optimizer.stats
@@ -188,7 +189,16 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Stop before anything computed from a non-finite meta-gradient is logged or saved."""
-        bad = int(self.first_bad)
+        if self.unchecked and not self.first_bad:
+            finite = torch.stack([n for _, norms in self.unchecked for n in norms]).isfinite()
+            ok, start = finite.tolist(), 0
+            for it, norms in self.unchecked:
+                if not all(ok[start:start + len(norms)]):
+                    self.first_bad = it
+                    break
+                start += len(norms)
+        self.unchecked = []
+        bad = self.first_bad
         if not bad:
             return
         skipping = self.run.trainer.nan_policy == "skip"
