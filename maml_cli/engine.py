@@ -59,7 +59,7 @@ def _stack(outputs: list):
 # trainer.compile=auto on the CPU compiles once the trainer has timed its first iterations and
 # the rest of the run, eager, would take longer than this. Compiling there took 30 s (the
 # sinusoid MLP) to over 2 minutes (conv4, five inner steps) on 2 cores and then made every
-# iteration 1.4-2x faster (docs/performance.md): a run this long repays it at least twice over.
+# iteration 1.8-2.2x faster (docs/performance.md): a run this long repays it at least twice over.
 CPU_COMPILE_AFTER_S = 600.0
 
 

@@ -24,6 +24,8 @@ MAX_CONSECUTIVE_SKIPS = 20
 # trainer.compile=auto on the CPU times this many iterations after the first (which has one-off
 # costs) before it chooses.
 TIMED_ITERATIONS = 3
+# Iterations whose loss and gradient norms wait for a check, at most (they hold small tensors).
+MAX_UNCHECKED = 1000
 
 
 class Trainer:
@@ -155,6 +157,8 @@ class Trainer:
             self.consecutive_skips = 0
         else:
             self.unchecked.append((it, norms))
+            if len(self.unchecked) >= MAX_UNCHECKED:  # however long trainer.log_every is
+                self._check_finite()
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
             run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
             return metrics | run.optimizer.stats

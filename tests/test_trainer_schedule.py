@@ -1,6 +1,7 @@
 """What the trainer does on its own schedule, in-process: trainer.compile=auto's choice on the
 CPU (eager while it times its first iterations, then compiled when the rest of the run would
-repay it, that choice kept across resume) and the validation figure's cadence.
+repay it, that choice kept across resume), the validation figure's cadence, and how often the
+NaN check reads its norms back.
 
 torch.compile itself is replaced by a recorder here: compiling the MLP takes half a minute on
 two cores, and the compiled engine's results are tested in test_engine.py."""
@@ -11,8 +12,10 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maml_cli import engine
+from maml_cli import trainer as trainer_module
 from maml_cli.build import build
 from maml_cli.config import config_dir, register_configs
+from maml_cli.errors import UserError
 from maml_cli.trainer import TIMED_ITERATIONS, Trainer
 
 register_configs()
@@ -77,3 +80,16 @@ def test_the_figure_is_drawn_first_then_every_figure_every_iterations_and_last(t
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.step for e in events.Scalars("val/mse")] == [0, 3, 6, 9, 10]
     assert [e.step for e in events.Images("val/fit")] == [0, 6, 10]
+
+
+def test_a_long_log_window_still_inspects_the_nan_norms_every_max_unchecked(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(trainer_module, "MAX_UNCHECKED", 3)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["device=cpu", "trainer.iterations=10",
+                                          "trainer.val_every=0", "trainer.log_every=1000",
+                                          "inner.lr=1e38"])
+    trainer = Trainer(build(cfg), tmp_path)
+    with pytest.raises(UserError, match="NaN or infinite at iteration 1 "):
+        trainer.fit()
+    assert trainer.progress.iteration == 3
