@@ -142,6 +142,7 @@ class Conv4Config(Target):
     filters: int = MISSING
     downsample: str = MISSING
     norm: str = MISSING
+    norm_eps: float = MISSING
     spatial_mean: bool = MISSING
     init: str = MISSING
     downsample_blocks: int = MISSING

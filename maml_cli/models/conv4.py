@@ -51,8 +51,8 @@ class Conv4(nn.Sequential):
     takes_images = True  # inputs [channels, height, width] (build() checks the task's)
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, filters: int = 64,
-                 downsample: str = "stride", norm: str = "batch", spatial_mean: bool = True,
-                 init: str = "torch", downsample_blocks: int = 4):
+                 downsample: str = "stride", norm: str = "batch", norm_eps: float = 1e-5,
+                 spatial_mean: bool = True, init: str = "torch", downsample_blocks: int = 4):
         if downsample not in DOWNSAMPLING:
             raise UserError(f"model.downsample must be one of {', '.join(DOWNSAMPLING)} "
                             f"(got {downsample!r})")
@@ -60,6 +60,8 @@ class Conv4(nn.Sequential):
             raise UserError(f"model.norm must be one of {', '.join(NORMS)} (got {norm!r})")
         if init not in INITS:
             raise UserError(f"model.init must be one of {', '.join(INITS)} (got {init!r})")
+        if not norm_eps > 0:
+            raise UserError(f"model.norm_eps must be > 0 (got {norm_eps})")
         if filters < 1:
             raise UserError(f"model.filters must be >= 1 (got {filters})")
         if not 0 <= downsample_blocks <= 4:
@@ -71,7 +73,7 @@ class Conv4(nn.Sequential):
             stride = 2 if downsample == "stride" and down else 1
             layers.append(nn.Conv2d(channels, filters, 3, stride=stride, padding=1))
             layers.append(nn.Identity() if norm == "none"
-                          else BatchStatNorm(filters, scale=norm == "batch"))
+                          else BatchStatNorm(filters, norm_eps, scale=norm == "batch"))
             layers.append(nn.ReLU())
             if downsample == "maxpool" and down:
                 layers.append(nn.MaxPool2d(2))

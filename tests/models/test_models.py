@@ -28,7 +28,7 @@ def test_conv4_options_match_the_reference_nets():
     strided = Conv4((1, 28, 28), 5, downsample_blocks=1, spatial_mean=False)
     assert [m.stride for m in strided if isinstance(m, nn.Conv2d)] == [(2, 2)] + [(1, 1)] * 3
     for bad in ({"downsample": "avg"}, {"norm": "layer"}, {"filters": 0},
-                {"downsample_blocks": 5}):
+                {"downsample_blocks": 5}, {"norm_eps": 0.0}):
         with pytest.raises(UserError, match="model."):
             Conv4((1, 28, 28), 5, **bad)
 
@@ -59,6 +59,18 @@ def test_batch_stat_norm_normalises_each_batch_by_its_own_statistics():
                                rtol=0)
     torch.testing.assert_close(norm(x[:2]), torch.nn.functional.batch_norm(
         x[:2], None, None, norm.weight, norm.bias, training=True))
+
+
+def test_norm_eps_is_what_the_norm_adds_to_the_variance():
+    x = torch.randn(5, 8, 2, 2) * 0.01  # variances near 1e-4: the two eps differ here
+    for eps in (1e-5, 1e-3):
+        norms = [m for m in Conv4((1, 28, 28), 5, filters=8, norm_eps=eps).modules()
+                 if isinstance(m, BatchStatNorm)]
+        assert len(norms) == 4 and all(m.eps == eps for m in norms)
+        expected = torch.nn.functional.batch_norm(x, None, None, norms[0].weight,
+                                                  norms[0].bias, training=True, eps=eps)
+        torch.testing.assert_close(norms[0](x), expected)
+    assert not torch.allclose(BatchStatNorm(8, 1e-3)(x), BatchStatNorm(8, 1e-5)(x), rtol=0.1)
 
 
 def test_offset_only_norm_is_batch_norm_with_its_scale_fixed_at_one():
