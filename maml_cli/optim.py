@@ -1,4 +1,5 @@
-"""Outer optimizers torch.optim does not have: TRPO, the MAML paper's meta-optimizer for RL."""
+"""Outer optimizers: TRPO, the MAML paper's meta-optimizer for RL, which torch.optim does not have,
+and torch's fused Adam with less per-step overhead."""
 
 from __future__ import annotations
 
@@ -85,3 +86,56 @@ class TRPO(torch.optim.Optimizer):
                       "trpo_surrogate_gain": (before - new_loss).detach() if taken
                       else before * 0}
         return loss
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam with fused=True that, once its state exists, hands each step straight to
+    torch's fused kernel when it is used as the outer loop uses it (one group of dense tensors
+    on one device, every one with a gradient; no amsgrad, weight decay or maximize): on small
+    models Adam.step's own per-call bookkeeping (grouping the tensors by device, state lookups,
+    graph-capture checks) costs more than the update (make bench's T1, docs/performance.md).
+    The same kernel on the same state: its steps and state_dict are torch's, bit for bit
+    (tests/test_optim.py). Anything else takes torch's own step; Optimizer's step hooks and
+    profiler record still wrap this one."""
+
+    # (params, exp_avgs, exp_avg_sqs, steps) once the state exists; False: torch's step
+    _fast = None
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        self._fast = None
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._fast = None
+
+    def _fast_lists(self):
+        if len(self.param_groups) != 1:
+            return None
+        group = self.param_groups[0]
+        if not group["fused"] or group["amsgrad"] or group["weight_decay"] or group["maximize"] \
+                or group["differentiable"] or not isinstance(group["lr"], float):
+            return None
+        params = group["params"]
+        if not all(p in self.state for p in params) \
+                or len({(p.device, p.dtype) for p in params}) != 1:
+            return None
+        states = [self.state[p] for p in params]
+        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self._fast is None and self.state:
+            self._fast = self._fast_lists() or False
+        grads = [p.grad for p in self._fast[0]] if self._fast else None
+        if closure is not None or grads is None or any(g is None or g.is_sparse for g in grads):
+            return super().step(closure)
+        params, exp_avgs, exp_avg_sqs, steps = self._fast
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                           eps=group["eps"], maximize=False)
+        return None

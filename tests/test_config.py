@@ -29,7 +29,7 @@ def test_defaults_are_the_maml_papers_sinusoid_setup():
     assert list(cfg.task.amplitude) == [0.1, 5.0] and list(cfg.task.x_range) == [-5.0, 5.0]
     assert list(cfg.model.hidden) == [40, 40]
     assert cfg.inner.lr == 0.01 and cfg.inner.steps == 1
-    assert cfg.outer._target_ == "torch.optim.Adam" and cfg.outer.lr == 0.001
+    assert cfg.outer._target_ == "maml_cli.optim.Adam" and cfg.outer.lr == 0.001
     assert cfg.trainer.meta_batch_size == 25
     assert cfg.algorithm.first_order is False
     assert compose_train("algorithm=fomaml").algorithm.first_order is True

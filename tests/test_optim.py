@@ -9,7 +9,7 @@ import torch
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.engine import Engine
-from maml_cli.optim import TRPO, conjugate_gradient
+from maml_cli.optim import TRPO, Adam, conjugate_gradient
 from tests.tasks.test_navigation import tiny_case
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -70,3 +70,50 @@ def test_trpo_closure_on_a_policy_is_the_meta_objective_at_zero_kl():
     again = torch.autograd.grad(surrogate, list(params.values()))
     for g, h in zip(grads, again):
         torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-12)
+
+
+def test_outer_adam_steps_and_state_are_torchs_fused_adam_bit_for_bit():
+    torch.manual_seed(0)
+    shapes = [(40, 1), (40,), (40, 40), (1, 40)]
+    start = [torch.randn(s) for s in shapes]
+
+    def run(cls, steps=6, resume_at=None):
+        params = [torch.nn.Parameter(s.clone()) for s in start]
+        optimizer = cls(params, lr=1e-2, fused=True)
+        generator = torch.Generator().manual_seed(1)
+        for i in range(steps):
+            if i == resume_at:  # a resumed run: a fresh optimizer loads the state
+                state = optimizer.state_dict()
+                optimizer = cls(params, lr=1e-2, fused=True)
+                optimizer.load_state_dict(state)
+            optimizer.param_groups[0]["lr"] = 1e-2 / (1 + i)  # as the outer schedule sets it
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if i == 3:  # a parameter without a gradient is left alone, as torch does
+                params[1].grad = None
+            optimizer.step()
+        return params, optimizer.state_dict(), optimizer
+
+    theirs, their_state, _ = run(torch.optim.Adam)
+    for resume_at in (None, 4):
+        ours, our_state, optimizer = run(Adam, resume_at=resume_at)
+        assert optimizer._fast  # the last steps went to the kernel directly
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        for k, state in their_state["state"].items():
+            assert all(torch.equal(state[key], our_state["state"][k][key]) for key in state)
+    assert all(not torch.equal(p, s) for p, s in zip(theirs, start))
+
+
+def test_outer_adam_takes_torchs_step_for_what_its_kernel_call_does_not_cover():
+    w = torch.nn.Parameter(torch.ones(3))
+    for kwargs in ({"fused": False}, {"fused": True, "weight_decay": 0.1},
+                   {"fused": True, "amsgrad": True}):
+        ours = Adam([w], lr=0.1, **kwargs)
+        theirs = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=0.1, **kwargs)
+        for _ in range(3):
+            for optimizer in (ours, theirs):
+                optimizer.param_groups[0]["params"][0].grad = torch.full((3,), 0.5)
+                optimizer.step()
+        assert ours._fast is False
+        assert torch.equal(w, theirs.param_groups[0]["params"][0])
+        w.data.fill_(1.0)

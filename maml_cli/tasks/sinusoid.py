@@ -42,8 +42,7 @@ class Sinusoid(TaskFamily):
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
 
     def _uniform(self, bounds, shape, generator):
-        lo, hi = bounds
-        return lo + (hi - lo) * torch.rand(shape, generator=generator, device=self.device)
+        return torch.empty(shape, device=self.device).uniform_(*bounds, generator=generator)
 
     def functions(self, num_tasks: int, generator: torch.Generator):
         """Amplitudes and phases, each [T, 1, 1]."""
