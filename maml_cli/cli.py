@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -45,6 +46,17 @@ def check_group_choices(argv: list[str]) -> None:
                 raise UserError(f"unknown {group} '{value}' (choose from: {', '.join(options)})")
 
 
+def check_launcher(argv: list[str]) -> None:
+    """A SLURM sweep where SLURM is missing fails here in one line: submitit finds out only
+    after Hydra made the sweep dir, and says so in a traceback."""
+    slurm = {f"hydra/launcher={name}" for name in ("slurm", "submitit_slurm")}
+    if ({"-m", "--multirun"} & set(argv) and slurm & {a.lstrip("+") for a in argv}
+            and shutil.which("srun") is None):
+        raise UserError("hydra/launcher=slurm needs SLURM, and srun is not on PATH: sweep from "
+                        "the cluster's login node, or try the sweep here with "
+                        "hydra/launcher=submitit_local")
+
+
 def main_wrapper(prog: str, hydra_main: Callable[[], object],
                  run_dirs: bool = True) -> Callable[[], None]:
     """Console-script entry point around a @hydra.main function (run_dirs: whether the app
@@ -53,6 +65,7 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
     def cli() -> None:
         try:
             check_group_choices(sys.argv[1:])
+            check_launcher(sys.argv[1:])
         except UserError as e:
             fail(prog, e)
         arguments, config.onto_checkpoint = config.split_onto_checkpoint(sys.argv[1:])

@@ -3,6 +3,7 @@ submitit's local executor, the SLURM preset's composition, Optuna; and maml-swee
 
 import csv
 import json
+import os
 
 import torch
 import yaml
@@ -52,6 +53,14 @@ def test_slurm_preset_composes_with_the_usual_keys(tmp_path):
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
     assert {"timeout_min", "mem_gb", "cpus_per_task"} <= set(launcher)
+
+
+def test_slurm_sweep_without_slurm_fails_in_one_line_before_any_work(tmp_path):
+    no_srun = dict(os.environ, PATH=str(tmp_path / "empty"))
+    proc = run_cli("maml-train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                   "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path, env=no_srun)
+    assert_one_line_error(proc, "srun is not on PATH")
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_optuna_search_keeps_the_best_trial(tmp_path):
