@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from maml_cli import config, distributed, jobs
 from maml_cli.config import config_dir, config_groups
 from maml_cli.errors import UserError
+from maml_cli.tracking import log
 
 _GROUP_CHOICE = re.compile(r"\+{0,2}([a-z_]+)=([\w.,-]+)")
 
@@ -87,6 +88,10 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
                 fail(prog, e)
         except OSError as e:  # e.g. Hydra cannot create the run dir
             fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; checkpoints written before it are kept",
+                  file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
         finally:
             # A sweep's finished jobs keep their results; the summary says which ones failed.
             # (None has a status when the sweep failed before its first job: that error stands.)
@@ -137,13 +142,23 @@ def fail(prog: str, error: Exception) -> None:
 @contextmanager
 def stop_requests():
     """SIGINT / SIGTERM append their number to the yielded list instead of killing the process
-    mid-step, so that a loop can finish its step and write a checkpoint before exiting."""
+    mid-step, so that a loop can finish its step and write a checkpoint before exiting. A step
+    can take minutes (the first one compiles), so a second SIGINT does not wait for it: it
+    raises KeyboardInterrupt, and the run keeps the checkpoints it wrote before."""
     requested: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested  # signal handlers can only be set from the main thread
         return
-    previous = {s: signal.signal(s, lambda signum, _: requested.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum: int, _frame) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in requested:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            log.warning("SIGINT: stopping after this meta-iteration with a checkpoint "
+                        "(Ctrl-C again quits at once, without one)")
+        requested.append(signum)
+
+    previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield requested
     finally:

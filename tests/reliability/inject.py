@@ -4,6 +4,7 @@
 
 FAULT is one of
     kill-at:I          the process SIGKILLs itself at the start of iteration I
+    hang-at:I          iteration I touches HANGING and never ends, as a long compile might
     pause-in-save:N    the N-th checkpoint write stops halfway, touches SAVING, waits to be killed
     full-disk:N        the N-th checkpoint write fails halfway with ENOSPC, as on a full disk
     nan-at:I,J,...     the meta-batches of iterations I, J, ... carry a NaN target
@@ -31,6 +32,19 @@ def kill_at(iteration: int) -> None:
     def fault(self, *args):
         if self.progress.iteration == iteration:
             os.kill(os.getpid(), signal.SIGKILL)
+        return step(self, *args)
+
+    Trainer._step = fault
+
+
+def hang_at(iteration: int) -> None:
+    step = Trainer._step
+
+    def fault(self, *args):
+        if self.progress.iteration == iteration:
+            (self.run_dir / "HANGING").touch()
+            while True:
+                time.sleep(1)
         return step(self, *args)
 
     Trainer._step = fault
@@ -78,6 +92,8 @@ def main() -> None:
     fault, _, arg = sys.argv[1].partition(":")
     if fault == "kill-at":
         kill_at(int(arg))
+    elif fault == "hang-at":
+        hang_at(int(arg))
     elif fault in ("pause-in-save", "full-disk"):
         broken_save(int(arg), pause=fault == "pause-in-save")
     elif fault == "nan-at":

@@ -1,14 +1,15 @@
 """SIGINT / SIGTERM: the current iteration finishes, a checkpoint is written, the exit code
-says which signal, and the run continues from there."""
+says which signal, and the run continues from there; a second SIGINT quits at once."""
 
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from tests.helpers import BIN, ok, run_cli
+from tests.helpers import BIN, INJECT, ok, run_cli
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -35,3 +36,24 @@ def test_signal_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path, signum)
                "hydra.run.dir=resumed", cwd=tmp_path))
     resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
     assert resumed["iteration"] == stopped_at + 5
+
+
+def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoints(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(INJECT), "hang-at:25", "trainer.iterations=100",
+         "trainer.val_every=0", "trainer.checkpoint_every=10", "hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "HANGING").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(2)
+    assert proc.poll() is None  # the first one waits for the step to end
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, (out, err)
+    assert err.strip() == "maml-train: interrupted; checkpoints written before it are kept"
+    assert "Ctrl-C again quits at once" in (tmp_path / "run" / "maml-train.log").read_text()
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["iteration"] == 20
