@@ -89,7 +89,7 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
         except OSError as e:  # e.g. Hydra cannot create the run dir
             fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
         except KeyboardInterrupt:
-            print(f"{prog}: interrupted; checkpoints written before it are kept",
+            print(f"{prog}: interrupted; files written before it are kept",
                   file=sys.stderr)
             sys.exit(128 + signal.SIGINT)
         finally:

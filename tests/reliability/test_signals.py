@@ -53,7 +53,7 @@ def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoint
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT, (out, err)
-    assert err.strip() == "maml-train: interrupted; checkpoints written before it are kept"
+    assert err.strip() == "maml-train: interrupted; files written before it are kept"
     assert "Ctrl-C again quits at once" in (tmp_path / "run" / "maml-train.log").read_text()
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert state["iteration"] == 20
