@@ -26,28 +26,26 @@ from maml_cli.train import cli
 from maml_cli.trainer import Trainer
 
 
-def kill_at(iteration: int) -> None:
+def at_iteration(iteration: int, fault) -> None:
+    """Run fault(trainer) at the start of that iteration's step."""
     step = Trainer._step
 
-    def fault(self, *args):
+    def faulty(self, *args):
         if self.progress.iteration == iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
+            fault(self)
         return step(self, *args)
 
-    Trainer._step = fault
+    Trainer._step = faulty
 
 
-def hang_at(iteration: int) -> None:
-    step = Trainer._step
+def kill(trainer) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
-    def fault(self, *args):
-        if self.progress.iteration == iteration:
-            (self.run_dir / "HANGING").touch()
-            while True:
-                time.sleep(1)
-        return step(self, *args)
 
-    Trainer._step = fault
+def hang(trainer) -> None:
+    (trainer.run_dir / "HANGING").touch()
+    while True:
+        time.sleep(1)
 
 
 def broken_save(n: int, pause: bool) -> None:
@@ -91,9 +89,9 @@ def nan_at(iterations: set[int]) -> None:
 def main() -> None:
     fault, _, arg = sys.argv[1].partition(":")
     if fault == "kill-at":
-        kill_at(int(arg))
+        at_iteration(int(arg), kill)
     elif fault == "hang-at":
-        hang_at(int(arg))
+        at_iteration(int(arg), hang)
     elif fault in ("pause-in-save", "full-disk"):
         broken_save(int(arg), pause=fault == "pause-in-save")
     elif fault == "nan-at":
