@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from maml_cli import config, distributed, jobs
 from maml_cli.config import config_dir, config_groups
-from maml_cli.errors import UserError
+from maml_cli.errors import Stopped, UserError
 from maml_cli.tracking import log
 
 _GROUP_CHOICE = re.compile(r"\+{0,2}([a-z_]+)=([\w.,-]+)")
@@ -110,17 +110,23 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
 
 def reports_errors(prog: str):
     """A UserError inside a Hydra task function: one line and exit code 2 for a single run; in a
-    sweep it is raised on, so that Hydra records the job as failed and runs the others."""
+    sweep it is raised on, so that Hydra records the job as failed and runs the others. A run
+    stopped by a signal exits with its code, and in a sweep records the job as stopped."""
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(cfg):
+            sweep = HydraConfig.get().mode == RunMode.MULTIRUN
             try:
                 return fn(cfg)
             except UserError as e:
-                if HydraConfig.get().mode == RunMode.MULTIRUN:
+                if sweep:
                     raise
                 fail(prog, e)
+            except Stopped as e:
+                if sweep:  # the sweep stops with it; its summary lists this job as stopped
+                    jobs.record("stopped", error=e.message)
+                raise
 
         return wrapper
 
@@ -153,7 +159,7 @@ def stop_requests():
     def request(signum: int, _frame) -> None:
         if signum == signal.SIGINT and signal.SIGINT in requested:
             raise KeyboardInterrupt
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and distributed.group().main:
             log.warning("SIGINT: stopping after this meta-iteration with a checkpoint "
                         "(Ctrl-C again quits at once, without one)")
         requested.append(signum)

@@ -57,23 +57,30 @@ class JobStatusCallback(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return  # a single run reports on the console; its exit code says how it ended
         # _return_value: the public return_value re-raises a failed job's error and prints it.
-        value, status = job_return._return_value, {"job": config.hydra.job.num,
-                                                   "overrides": list(job_return.overrides)}
+        value = job_return._return_value
         if job_return.status == JobStatus.COMPLETED:
-            status |= {"status": "completed", "error": None,
-                       "result": value if isinstance(value, (int, float)) else None}
+            record("completed", result=value if isinstance(value, (int, float)) else None)
         else:
             kind = "" if isinstance(value, UserError) else f"{type(value).__name__}: "
             error = f"{kind}{value}"
-            status |= {"status": "failed", "error": error, "result": None}
+            record("failed", error=error)
             log.error("job %s failed: %s", config.hydra.job.num, error)
-        files.write_json(Path(config.hydra.runtime.output_dir) / STATUS_FILE, status)
+
+
+def record(status: str, error: str | None = None, result: float | None = None) -> None:
+    """Write how the sweep job running now ended: completed, failed or stopped (by a signal,
+    which Hydra does not report to callbacks: the job's task function records it)."""
+    hydra = HydraConfig.get()
+    files.write_json(Path(hydra.runtime.output_dir) / STATUS_FILE,
+                     {"job": hydra.job.num, "overrides": list(hydra.overrides.task),
+                      "status": status, "error": error, "result": result})
 
 
 def summarize(sweep: Path, sort: str | None = None, descending: bool = False,
               csv_path: Path | None = None) -> list[dict]:
     """Print a table of the sweep's jobs (overrides, status, the final metrics each wrote to
-    metrics.json), write it as CSV (default <sweep>/summary.csv); return the failed jobs."""
+    metrics.json), write it as CSV (default <sweep>/summary.csv); return the jobs that did not
+    complete (failed, or stopped by a signal)."""
     jobs = []
     for status in sweep.rglob(STATUS_FILE):
         job = json.loads(status.read_text()) | {"dir": str(status.parent.relative_to(sweep))}

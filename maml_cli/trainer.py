@@ -14,7 +14,7 @@ from maml_cli import checkpoint, distributed, tracking
 from maml_cli.build import Run
 from maml_cli.cli import stop_requests
 from maml_cli.engine import choose_compile
-from maml_cli.errors import UserError
+from maml_cli.errors import Stopped, UserError
 from maml_cli.evaluate import validate
 from maml_cli.tracking import Tracker, Window, log, progress
 
@@ -190,10 +190,12 @@ class Trainer:
 
     def _stop(self, signum: int) -> None:
         self.save("last.pt")
-        log.warning("stopped by %s after iteration %d; checkpoint %s; continue with: "
-                    "maml-train resume=%s", signal.Signals(signum).name, self.progress.iteration,
-                    self.checkpoints.path / "last.pt", self.run_dir)
-        raise SystemExit(128 + signum)
+        message = (f"stopped by {signal.Signals(signum).name} after iteration "
+                   f"{self.progress.iteration}; checkpoint {self.checkpoints.path / 'last.pt'}; "
+                   f"continue with: maml-train resume={self.run_dir}")
+        if self.group.main:
+            log.warning("%s", message)
+        raise Stopped(signum, message)
 
     def _check_finite(self) -> None:
         """Stop before anything computed from a non-finite meta-gradient is logged or saved."""

@@ -1,6 +1,8 @@
 """SIGINT / SIGTERM: the current iteration finishes, a checkpoint is written, the exit code
 says which signal, and the run continues from there; a second SIGINT quits at once."""
 
+import csv
+import json
 import signal
 import subprocess
 import sys
@@ -57,3 +59,26 @@ def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoint
     assert "Ctrl-C again quits at once" in (tmp_path / "run" / "maml-train.log").read_text()
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert state["iteration"] == 20
+
+
+def test_a_sweep_stopped_by_a_signal_records_the_job_as_stopped_with_its_resume_command(tmp_path):
+    proc = subprocess.Popen(
+        [str(BIN / "maml-train"), "-m", "seed=0,1", "trainer.iterations=1000000",
+         "trainer.val_every=0", "trainer.log_every=10", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "sweep" / "0" / "tb").glob("events.*")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Traceback" not in out + err
+    sweep = tmp_path / "sweep"
+    status = json.loads((sweep / "0" / "status.json").read_text())
+    assert status["status"] == "stopped" and status["overrides"][0] == "seed=0"
+    assert f"continue with: maml-train resume={sweep / '0'}" in status["error"]
+    assert not (sweep / "1").exists()  # the sweep stops with its job
+    with open(sweep / "summary.csv") as f:
+        assert [(r["job"], r["status"]) for r in csv.DictReader(f)] == [("0", "stopped")]
