@@ -5,7 +5,7 @@ the paper's number), a weights-only copy of the evaluated checkpoint (model.pt) 
 eval.json beside it. docs/results.md's table is generated from those files.
 
     python benchmarks/reproduce.py ROW [ROW ...] [--device cpu|cuda] [--threads N]
-                                   [--stop-after N] [--runs DIR]
+                                   [--stop-after N] [--time-limit SECONDS] [--runs DIR]
     python benchmarks/reproduce.py --table          # rewrite docs/results.md's table
     python benchmarks/reproduce.py --list           # the rows and whether each has a result
 """
@@ -18,9 +18,11 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,18 +80,31 @@ def wall_seconds(segment: Path) -> float:
     return max(times) - min(times) if times else 0.0
 
 
-def run(command: list[str], log: Path) -> float:
+def run(command: list[str], log: Path, time_limit: float | None = None,
+        loop_started: Callable[[], bool] = lambda: True) -> float:
+    """Run `command`; past `time_limit` seconds, once `loop_started()` (the trainer then stops
+    at a signal with a checkpoint), SIGTERM it, and its exit at that signal counts as done."""
     print("$", shlex.join(command), flush=True)
     started = time.perf_counter()
     with log.open("a") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            code = proc.wait(timeout=time_limit)
+        except subprocess.TimeoutExpired:
+            while proc.poll() is None and not loop_started():
+                time.sleep(1)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait()
+            code = 0 if code == 128 + signal.SIGTERM else code
     if code:
         sys.exit(f"reproduce: {command[0]} exited {code}; see {log}")
     return time.perf_counter() - started
 
 
-def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None):
-    """Train (or continue) the row until its schedule ends or `stop_after`; its segments."""
+def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
+          time_limit: float | None = None):
+    """Train (or continue) the row until its schedule ends, `stop_after` or `time_limit`
+    seconds; its segments."""
     run_root.mkdir(parents=True, exist_ok=True)
     limit = [f"trainer.stop_after={stop_after}"] if stop_after else []
     every = segments(run_root)
@@ -108,7 +123,7 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None)
         source = list(row["train"])
     seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
     run([str(BIN / "maml-train"), *source, *machine, *limit, f"hydra.run.dir={seg}"],
-        run_root / "train.log")
+        run_root / "train.log", time_limit, lambda: any((seg / "tb").glob("events.*")))
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
@@ -134,7 +149,7 @@ def reproduce(name: str, row: dict, args) -> None:
         machine.append(f"device.threads={args.threads}")
     run_root = ROOT / Path(args.runs).expanduser() / name  # relative: to the project
     started = datetime.datetime.now(datetime.timezone.utc)
-    done = train(row, run_root, machine, args.stop_after)
+    done = train(row, run_root, machine, args.stop_after, args.time_limit)
     out = Path(args.results) / name
     eval_s = run_maml_eval(row, done, machine, out)
     (out / "eval.log").unlink(missing_ok=True)
@@ -222,6 +237,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="device.threads for maml-train/maml-eval")
     parser.add_argument("--stop-after", type=int,
                         help="train only up to this iteration now (the row says how far it got)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="train for at most this long now, then stop with a checkpoint and "
+                             "evaluate (the row says how far it got; run again to continue)")
     parser.add_argument("--runs", default="outputs/rows",
                         help="where the training runs go (outside the results; not in git)")
     parser.add_argument("--table", action="store_true", help="rewrite docs/results.md's table")

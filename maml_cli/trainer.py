@@ -86,8 +86,10 @@ class Trainer:
         started, last, untrained = time.perf_counter(), {}, None
         window = Window(getattr(run.task, "env_steps_simulated", None))
         # The tracker closes (flushing its events) on every way out, errors and signals too.
-        with Tracker(self.run_dir / "tb" if main else None) as tracker, \
-                progress("meta-train", show=main) as bar, stop_requests() as stop:
+        # Signals are caught first: once the events file exists, SIGTERM stops with a checkpoint
+        # (benchmarks/reproduce.py --time-limit waits for it).
+        with stop_requests() as stop, Tracker(self.run_dir / "tb" if main else None) as tracker, \
+                progress("meta-train", show=main) as bar:
             task = bar.add_task("train", total=tc.iterations, completed=p.iteration, status="")
             if tc.val_every and p.iteration == 0:
                 untrained = self.validate(tracker)
