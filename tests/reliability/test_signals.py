@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import BIN, INJECT, ok, run_cli
+from tests.helpers import BIN, HANG_GUARD_S, INJECT, ok, run_cli
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -20,13 +20,13 @@ def test_signal_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path, signum)
         [str(BIN / "maml-train"), "trainer.iterations=1000000", "trainer.val_every=0",
          "trainer.log_every=10", "hydra.run.dir=run"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while not list((tmp_path / "run" / "tb").glob("events.*")):  # the loop has started
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     time.sleep(1)
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 128 + signum, (out, err)
     assert "Traceback" not in out + err
     log = (tmp_path / "run" / "maml-train.log").read_text()
@@ -45,7 +45,7 @@ def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoint
         [sys.executable, str(INJECT), "hang-at:25", "trainer.iterations=100",
          "trainer.val_every=0", "trainer.checkpoint_every=10", "hydra.run.dir=run"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while not (tmp_path / "run" / "HANGING").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
@@ -53,7 +53,7 @@ def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoint
     time.sleep(2)
     assert proc.poll() is None  # the first one waits for the step to end
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 128 + signal.SIGINT, (out, err)
     assert err.strip() == "maml-train: interrupted; files written before it are kept"
     assert "Ctrl-C again quits at once" in (tmp_path / "run" / "maml-train.log").read_text()
@@ -66,13 +66,13 @@ def test_a_sweep_stopped_by_a_signal_records_the_job_as_stopped_with_its_resume_
         [str(BIN / "maml-train"), "-m", "seed=0,1", "trainer.iterations=1000000",
          "trainer.val_every=0", "trainer.log_every=10", "hydra.sweep.dir=sweep"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while not list((tmp_path / "sweep" / "0" / "tb").glob("events.*")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert "Traceback" not in out + err
     sweep = tmp_path / "sweep"
