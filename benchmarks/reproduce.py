@@ -249,6 +249,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where results are kept")
     parser.add_argument("--doc", type=Path, default=DOC, help="the document with the table")
     args = parser.parse_args()
+    if args.time_limit is not None and args.time_limit <= 0:
+        parser.error(f"--time-limit must be > 0 seconds (got {args.time_limit:g})")
     rows = load_rows(args.rows_file)
     unknown = [r for r in args.rows if r not in rows]
     if unknown:

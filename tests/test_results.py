@@ -128,3 +128,12 @@ def test_a_stored_row_reevaluates_to_its_numbers_and_within_its_interval(tmp_pat
         low = stored["results"][s]["mean"] - stored["results"][s]["ci95"]
         high = stored["results"][s]["mean"] + stored["results"][s]["ci95"]
         assert low <= other["results"][s]["mean"] <= high
+
+
+def test_a_time_limit_that_is_not_positive_is_refused_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(Path(reproduce.__file__)), "tiny", "--time-limit",
+                           "0", "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        "reproduce.py: error: --time-limit must be > 0 seconds (got 0)")
+    assert not (tmp_path / "runs").exists()
