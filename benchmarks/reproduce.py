@@ -2,7 +2,9 @@
 unfinished one with resume=), evaluate it with maml-eval, and keep the outcome under
 benchmarks/results/rows/<row>/: row.json (commands, iterations, wall time, hardware, versions,
 the paper's number), a weights-only copy of the evaluated checkpoint (model.pt) and maml-eval's
-eval.json beside it. docs/results.md's table is generated from those files.
+eval.json beside it. docs/results.md's table is generated from those files. A row stopped early
+also keeps its full last checkpoint there (resume.pt), so that a later call on a fresh clone,
+whose run folders are gone, continues it rather than starting again.
 
     python benchmarks/reproduce.py ROW [ROW ...] [--device cpu|cuda] [--threads N]
                                    [--stop-after N] [--time-limit SECONDS] [--runs DIR]
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from maml_cli import files
 from maml_cli.schemas import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,8 @@ BIN = Path(sys.executable).parent
 # What a weights-only copy keeps: all maml-eval reads. The optimizer and RNG states, which only
 # resume= needs, would triple a conv4 checkpoint.
 EVAL_KEYS = ("format", "version", "iteration", "model", "algorithm", "best", "metric", "config")
+# The most a row's resume.pt may weigh in git: conv4 with Adam's state is about 1.4 MB.
+RESUME_MAX_BYTES = 2 * 2**20
 
 
 def load_rows(path: Path = ROWS) -> dict[str, dict]:
@@ -102,38 +107,49 @@ def run(command: list[str], log: Path, time_limit: float | None = None,
 
 
 def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
-          time_limit: float | None = None):
+          time_limit: float | None = None, kept: Path | None = None):
     """Train (or continue) the row until its schedule ends, `stop_after` or `time_limit`
-    seconds; its segments."""
+    seconds; its segments. Without segments of its own, it continues from `kept` (a stopped
+    row's resume.pt) where there is one."""
     run_root.mkdir(parents=True, exist_ok=True)
     limit = [f"trainer.stop_after={stop_after}"] if stop_after else []
     every = segments(run_root)
     done = [s for s in every if last_state(s) is not None]  # a segment killed before its
-    if done:                                                  # first checkpoint left nothing
-        state = last_state(done[-1])
+    source = done[-1] if done else kept                       # first checkpoint left nothing
+    if source is not None:
+        state = last_state(done[-1]) if done else torch.load(kept, weights_only=True)
         # A row whose command now plans more iterations extends its run: with the row's command
         # beside resume=, its trainer.iterations replaces the checkpoint's.
         target = next((int(o.split("=", 1)[1]) for o in row["train"]
                        if o.startswith("trainer.iterations=")),
                       state["config"]["trainer"]["iterations"])
         if state["iteration"] >= min(target, stop_after or target):
+            if not done:
+                sys.exit(f"reproduce: {kept} is already at iteration {state['iteration']:,}; "
+                         "nothing to train (a later --stop-after, or none, goes on)")
             return done
-        source = ["resume=" + str(done[-1]), *row["train"]]
+        if not done:  # what the row's record says of the segments before resume.pt
+            record = json.loads((kept.parent / "row.json").read_text())
+            (run_root / "earlier.json").write_text(json.dumps(
+                {k: record[k] for k in ("segments", "train_wall_s", "hardware")}))
+        command = ["resume=" + str(source), *row["train"]]
     else:
-        source = list(row["train"])
+        command = list(row["train"])
     seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
-    run([str(BIN / "maml-train"), *source, *machine, *limit, f"hydra.run.dir={seg}"],
+    run([str(BIN / "maml-train"), *command, *machine, *limit, f"hydra.run.dir={seg}"],
         run_root / "train.log", time_limit, lambda: any((seg / "tb").glob("events.*")))
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
-def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path) -> float:
-    """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`."""
+def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path,
+                  kept_best: Path | None = None) -> float:
+    """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`;
+    `kept_best`: the best of the segments before `done` (a continued row's model.pt)."""
     # A resumed segment writes best.pt only when it improves on the best so far, so the newest
     # best.pt of all segments is the best; without validation, the last checkpoint.
     best = [s / "checkpoints" / "best.pt" for s in done]
     best = [p for p in best if p.is_file()]
-    source = best[-1] if best else done[-1] / "checkpoints" / "last.pt"
+    source = best[-1] if best else kept_best or done[-1] / "checkpoints" / "last.pt"
     state = torch.load(source, map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: state[k] for k in EVAL_KEYS}, out / "model.pt")
@@ -149,9 +165,16 @@ def reproduce(name: str, row: dict, args) -> None:
         machine.append(f"device.threads={args.threads}")
     run_root = ROOT / Path(args.runs).expanduser() / name  # relative: to the project
     started = datetime.datetime.now(datetime.timezone.utc)
-    done = train(row, run_root, machine, args.stop_after, args.time_limit)
     out = Path(args.results) / name
-    eval_s = run_maml_eval(row, done, machine, out)
+    kept = out / "resume.pt"
+    done = train(row, run_root, machine, args.stop_after, args.time_limit,
+                 kept if kept.is_file() else None)
+    # A row continued from resume.pt on a fresh clone: its segments before this run folder's.
+    earlier = run_root / "earlier.json"
+    earlier = json.loads(earlier.read_text()) if earlier.is_file() else None
+    validated = last_state(done[-1])["best"] is not None
+    eval_s = run_maml_eval(row, done, machine, out,
+                           kept_best=out / "model.pt" if earlier and validated else None)
     (out / "eval.log").unlink(missing_ok=True)
     config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     report = json.loads((out / "eval.json").read_text())
@@ -167,10 +190,11 @@ def reproduce(name: str, row: dict, args) -> None:
         "iterations_done": last_state(done[-1])["iteration"],
         "evaluated_iteration": report["iteration"],
         "meta_batch_size": config["config"]["trainer"]["meta_batch_size"],
-        "segments": len(done),
-        "train_wall_s": round(sum(wall_seconds(s) for s in done), 1),
+        "segments": len(done) + (earlier or {}).get("segments", 0),
+        "train_wall_s": round(sum(wall_seconds(s) for s in done)
+                              + (earlier or {}).get("train_wall_s", 0), 1),
         "eval_wall_s": round(eval_s, 1),
-        "hardware": hardware(args.device),
+        "hardware": joined((earlier or {}).get("hardware"), hardware(args.device)),
         "device_threads": args.threads,
         "torch": torch.__version__, "maml_cli": config["version"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -179,6 +203,25 @@ def reproduce(name: str, row: dict, args) -> None:
     }
     (out / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out / 'row.json'}")
+    keep_for_resume(done[-1] / "checkpoints" / "last.pt", kept,
+                    record["iterations_done"] < record["iterations_planned"])
+
+
+def joined(before: str | None, now: str) -> str:
+    """The hardware of a row whose segments ran on more than one machine."""
+    return now if before is None or before.endswith(now) else f"{before}, then {now}"
+
+
+def keep_for_resume(last: Path, kept: Path, unfinished: bool) -> None:
+    """A stopped row keeps its full last checkpoint beside its results (a finished one none)."""
+    if not unfinished:
+        kept.unlink(missing_ok=True)
+    elif last.stat().st_size > RESUME_MAX_BYTES:
+        kept.unlink(missing_ok=True)
+        print(f"{last} is over {RESUME_MAX_BYTES // 2**20} MB: not kept beside the results; "
+              "only its run folder continues the row")
+    else:
+        files.atomic_write(kept, lambda f: f.write(last.read_bytes()))
 
 
 def fmt(metric: str, result: dict) -> str:

@@ -48,6 +48,9 @@ def test_every_stored_row_is_a_row_with_its_files():
         report = json.loads((folder / "eval.json").read_text())
         assert record["row"] == folder.name and report["split"] == "test"
         assert (folder / "model.pt").stat().st_size < 2 * 2**20
+        if (folder / "resume.pt").exists():  # only a row stopped early keeps what continues it
+            assert record["iterations_done"] < record["iterations_planned"]
+            assert (folder / "resume.pt").stat().st_size <= reproduce.RESUME_MAX_BYTES
 
 
 def reproduce_tiny(tmp_path, *args):
@@ -69,10 +72,21 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
     assert "20 of 40 (**stopped early**)" in doc
     assert "| later | a row not run | — | not yet run |" in doc
 
+    # A stopped row keeps its full state beside its results, so that a fresh clone, whose run
+    # folders are gone, continues it.
+    kept = torch.load(row / "resume.pt", weights_only=True)
+    assert kept["iteration"] == 20 and "optimizer" in kept
+    reproduce_tiny(tmp_path, "--stop-after", "30")  # from its run folder
+    assert torch.load(row / "resume.pt", weights_only=True)["iteration"] == 30
+    before = json.loads((row / "row.json").read_text())
+    shutil.rmtree(tmp_path / "runs")
+
     proc = reproduce_tiny(tmp_path)
-    assert "resume=" in proc.stdout
+    assert f"resume={row / 'resume.pt'}" in proc.stdout
     record = json.loads((row / "row.json").read_text())
-    assert (record["iterations_done"], record["segments"]) == (40, 2)
+    assert (record["iterations_done"], record["segments"]) == (40, 3)
+    assert record["train_wall_s"] > before["train_wall_s"]
+    assert not (row / "resume.pt").exists()
     doc = (tmp_path / "doc.md").read_text()
     assert "stopped early" not in doc and doc.endswith("after\n")
     assert reproduce.table_in(tmp_path / "doc.md") == reproduce.table(
