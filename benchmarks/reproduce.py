@@ -6,7 +6,7 @@ eval.json beside it. docs/results.md's table is generated from those files. A ro
 also keeps its full last checkpoint there (resume.pt), so that a later call on a fresh clone,
 whose run folders are gone, continues it rather than starting again.
 
-    python benchmarks/reproduce.py ROW [ROW ...] [--device cpu|cuda] [--threads N]
+    python benchmarks/reproduce.py ROW [ROW ...] [--device cpu|cuda] [--threads N] [--nproc N]
                                    [--stop-after N] [--time-limit SECONDS] [--runs DIR]
     python benchmarks/reproduce.py --table          # rewrite docs/results.md's table
     python benchmarks/reproduce.py --list           # the rows and whether each has a result
@@ -77,18 +77,38 @@ def wall_seconds(segment: Path) -> float:
     metrics = segment / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())["wall_s"]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(segment / "tb"))
-    events.Reload()
+    events = scalars(segment / "tb")
     times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
     return max(times) - min(times) if times else 0.0
 
 
+def scalars(tb: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    return events
+
+
+def in_loop(segment: Path) -> bool:
+    """Whether a run has logged a training window: each of its processes (under torchrun, the
+    workers too) is then in its loop, where a signal stops it with a checkpoint."""
+    return any((segment / "tb").glob("events.*")) and (
+        "train/skipped_meta_batches" in scalars(segment / "tb").Tags()["scalars"])
+
+
+def tool(name: str, nproc: int) -> list[str]:
+    """maml-train or maml-eval, in `nproc` processes sharing each meta-batch (torchrun)."""
+    if nproc == 1:
+        return [str(BIN / f"maml-{name}")]
+    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m",
+            f"maml_cli.{name}"]
+
+
 def run(command: list[str], log: Path, time_limit: float | None = None,
-        loop_started: Callable[[], bool] = lambda: True) -> float:
+        loop_started: Callable[[], bool] = lambda: True, checkpoint: Path | None = None) -> float:
     """Run `command`; past `time_limit` seconds, once `loop_started()` (the trainer then stops
-    at a signal with a checkpoint), SIGTERM it, and its exit at that signal counts as done."""
+    at a signal with a checkpoint), SIGTERM it: it is done when it wrote `checkpoint` since."""
     print("$", shlex.join(command), flush=True)
     started = time.perf_counter()
     with log.open("a") as out:
@@ -98,16 +118,21 @@ def run(command: list[str], log: Path, time_limit: float | None = None,
         except subprocess.TimeoutExpired:
             while proc.poll() is None and not loop_started():
                 time.sleep(1)
+            signalled = time.time()
             proc.send_signal(signal.SIGTERM)
             code = proc.wait()
-            code = 0 if code == 128 + signal.SIGTERM else code
+            # Its exit status says less: 143 from maml-train, 1 from torchrun, which forwards
+            # the signal to its workers and then reports them as failed.
+            if checkpoint is not None and checkpoint.is_file() and (
+                    checkpoint.stat().st_mtime >= signalled):
+                code = 0
     if code:
         sys.exit(f"reproduce: {command[0]} exited {code}; see {log}")
     return time.perf_counter() - started
 
 
 def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
-          time_limit: float | None = None, kept: Path | None = None):
+          time_limit: float | None = None, kept: Path | None = None, nproc: int = 1):
     """Train (or continue) the row until its schedule ends, `stop_after` or `time_limit`
     seconds; its segments. Without segments of its own, it continues from `kept` (a stopped
     row's resume.pt) where there is one."""
@@ -136,13 +161,13 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
     else:
         command = list(row["train"])
     seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
-    run([str(BIN / "maml-train"), *command, *machine, *limit, f"hydra.run.dir={seg}"],
-        run_root / "train.log", time_limit, lambda: any((seg / "tb").glob("events.*")))
+    run([*tool("train", nproc), *command, *machine, *limit, f"hydra.run.dir={seg}"],
+        run_root / "train.log", time_limit, lambda: in_loop(seg), seg / "checkpoints" / "last.pt")
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
 def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path,
-                  kept_best: Path | None = None) -> float:
+                  kept_best: Path | None = None, nproc: int = 1) -> float:
     """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`;
     `kept_best`: the best of the segments before `done` (a continued row's model.pt)."""
     # A resumed segment writes best.pt only when it improves on the best so far, so the newest
@@ -155,7 +180,7 @@ def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path,
     torch.save({k: state[k] for k in EVAL_KEYS}, out / "model.pt")
     model = out / "model.pt"
     shown = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model
-    return run([str(BIN / "maml-eval"), f"checkpoint={shown}",
+    return run([*tool("eval", nproc), f"checkpoint={shown}",
                 *row.get("eval", []), *machine], out / "eval.log")
 
 
@@ -168,13 +193,13 @@ def reproduce(name: str, row: dict, args) -> None:
     out = Path(args.results) / name
     kept = out / "resume.pt"
     done = train(row, run_root, machine, args.stop_after, args.time_limit,
-                 kept if kept.is_file() else None)
+                 kept if kept.is_file() else None, args.nproc)
     # A row continued from resume.pt on a fresh clone: its segments before this run folder's.
     earlier = run_root / "earlier.json"
     earlier = json.loads(earlier.read_text()) if earlier.is_file() else None
     validated = last_state(done[-1])["best"] is not None
     eval_s = run_maml_eval(row, done, machine, out,
-                           kept_best=out / "model.pt" if earlier and validated else None)
+                           out / "model.pt" if earlier and validated else None, args.nproc)
     (out / "eval.log").unlink(missing_ok=True)
     config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     report = json.loads((out / "eval.json").read_text())
@@ -196,6 +221,7 @@ def reproduce(name: str, row: dict, args) -> None:
         "eval_wall_s": round(eval_s, 1),
         "hardware": joined((earlier or {}).get("hardware"), hardware(args.device)),
         "device_threads": args.threads,
+        "processes": args.nproc,
         "torch": torch.__version__, "maml_cli": config["version"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "started": started.isoformat(timespec="seconds"),
@@ -256,8 +282,11 @@ def table(rows: dict[str, dict], results: Path) -> str:
         iterations += f", meta-batch {record['meta_batch_size']}"
         if record["evaluated_iteration"] != done:
             iterations += f"; best.pt from {record['evaluated_iteration']:,}"
+        nproc = record.get("processes", 1)  # rows from before --nproc ran in one
+        processes = f", {nproc} processes (torchrun)" if nproc > 1 else ""
         lines.append(f"| {name} | {record['setting']} | {record['paper']} | {ours} | {iterations} "
-                     f"| {record['hardware']}, {record['train_wall_s']:,.0f} s | {command} |")
+                     f"| {record['hardware']}{processes}, {record['train_wall_s']:,.0f} s "
+                     f"| {command} |")
     return "\n".join(lines)
 
 
@@ -278,6 +307,9 @@ def main() -> None:
     parser.add_argument("rows", nargs="*", help="row names of benchmarks/rows.yaml")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="device.threads for maml-train/maml-eval")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes sharing each meta-batch (torchrun; on CPU with "
+                             "--threads 1, one per core)")
     parser.add_argument("--stop-after", type=int,
                         help="train only up to this iteration now (the row says how far it got)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
@@ -292,6 +324,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where results are kept")
     parser.add_argument("--doc", type=Path, default=DOC, help="the document with the table")
     args = parser.parse_args()
+    if args.nproc < 1:
+        parser.error(f"--nproc must be at least 1 (got {args.nproc})")
     if args.time_limit is not None and args.time_limit <= 0:
         parser.error(f"--time-limit must be > 0 seconds (got {args.time_limit:g})")
     rows = load_rows(args.rows_file)

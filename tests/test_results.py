@@ -104,13 +104,16 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
     assert means(again) == pytest.approx(means(stored))
 
 
-def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_path, nproc):
+    """With --nproc 2 the signal goes through torchrun, which forwards it to its workers."""
     (tmp_path / "rows.yaml").write_text(TINY.replace(
         "trainer.iterations=40,", "trainer.iterations=1000000, trainer.compile=false,", 1))
     (tmp_path / "doc.md").write_text(f"# r\n{reproduce.BEGIN}\n{reproduce.END}\n")
-    proc = reproduce_tiny(tmp_path, "--time-limit", "1")
+    proc = reproduce_tiny(tmp_path, "--time-limit", "1", "--nproc", str(nproc))
     record = json.loads((tmp_path / "results" / "tiny" / "row.json").read_text())
     assert 0 < record["iterations_done"] < record["iterations_planned"] == 1000000, proc.stdout
+    assert record["processes"] == nproc
     assert record["evaluated_iteration"] <= record["iterations_done"]
     assert f"{record['iterations_done']:,} of 1,000,000 (**stopped early**)" in (
         tmp_path / "doc.md").read_text()
