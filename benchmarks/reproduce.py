@@ -196,7 +196,7 @@ def reproduce(name: str, row: dict, args) -> None:
                  kept if kept.is_file() else None, args.nproc)
     # A row continued from resume.pt on a fresh clone: its segments before this run folder's.
     earlier = run_root / "earlier.json"
-    earlier = json.loads(earlier.read_text()) if earlier.is_file() else None
+    earlier = json.loads(earlier.read_text()) if earlier.is_file() else {}
     validated = last_state(done[-1])["best"] is not None
     eval_s = run_maml_eval(row, done, machine, out,
                            out / "model.pt" if earlier and validated else None, args.nproc)
@@ -215,11 +215,11 @@ def reproduce(name: str, row: dict, args) -> None:
         "iterations_done": last_state(done[-1])["iteration"],
         "evaluated_iteration": report["iteration"],
         "meta_batch_size": config["config"]["trainer"]["meta_batch_size"],
-        "segments": len(done) + (earlier or {}).get("segments", 0),
+        "segments": len(done) + earlier.get("segments", 0),
         "train_wall_s": round(sum(wall_seconds(s) for s in done)
-                              + (earlier or {}).get("train_wall_s", 0), 1),
+                              + earlier.get("train_wall_s", 0), 1),
         "eval_wall_s": round(eval_s, 1),
-        "hardware": joined((earlier or {}).get("hardware"), hardware(args.device)),
+        "hardware": joined(earlier.get("hardware"), hardware(args.device)),
         "device_threads": args.threads,
         "processes": args.nproc,
         "torch": torch.__version__, "maml_cli": config["version"],
