@@ -13,8 +13,8 @@
 # when missing):
 #   LIMIT=420 bash benchmarks/gpu_session.sh ROW [ROW ...]
 # Back here: tar xzf rows.tgz, then python benchmarks/reproduce.py --table. A row stopped by the
-# limit continues where it stopped when the next machine is given outputs/rows too (carry it)
-# and the same command.
+# limit keeps its state in its results (resume.pt): once those are committed, the same command
+# on any machine continues it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_session}
