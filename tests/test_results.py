@@ -147,10 +147,14 @@ def test_a_stored_row_reevaluates_to_its_numbers_and_within_its_interval(tmp_pat
         assert low <= other["results"][s]["mean"] <= high
 
 
-def test_a_time_limit_that_is_not_positive_is_refused_before_any_work(tmp_path):
-    proc = subprocess.run([sys.executable, str(Path(reproduce.__file__)), "tiny", "--time-limit",
-                           "0", "--runs", str(tmp_path / "runs")],
+@pytest.mark.parametrize("option, message", [
+    (["--time-limit", "0"], "--time-limit must be > 0 seconds (got 0)"),
+    (["--nproc", "0"], "--nproc must be at least 1 (got 0)")])
+def test_a_limit_or_process_count_out_of_range_is_refused_before_any_work(tmp_path, option,
+                                                                           message):
+    proc = subprocess.run([sys.executable, str(Path(reproduce.__file__)), "tiny", *option,
+                           "--runs", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=HANG_GUARD_S)
-    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
-        "reproduce.py: error: --time-limit must be > 0 seconds (got 0)")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"reproduce.py: error: {message}"
     assert not (tmp_path / "runs").exists()
