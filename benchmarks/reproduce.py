@@ -92,7 +92,8 @@ def scalars(tb: Path):
 
 def in_loop(segment: Path) -> bool:
     """Whether a run has logged a training window: each of its processes (under torchrun, the
-    workers too) is then in its loop, where a signal stops it with a checkpoint."""
+    workers too) is then past its imports and catches a signal to stop with a checkpoint (a
+    worker still importing torch dies of it, and its peer fails in all_reduce)."""
     return any((segment / "tb").glob("events.*")) and (
         "train/skipped_meta_batches" in scalars(segment / "tb").Tags()["scalars"])
 

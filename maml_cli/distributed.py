@@ -85,6 +85,15 @@ def average(grads: list[torch.Tensor], loss: torch.Tensor, stop: bool,
     return flat[-2], bool(flat[-1] > 0)
 
 
+def anyone(flag: bool, device: torch.device) -> bool:
+    """Whether any rank's `flag` is set; every rank must ask."""
+    if not dist.is_initialized():
+        return flag
+    flags = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(flags)
+    return bool(flags.item() > 0)
+
+
 def average_metrics(values: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
     stacked = torch.stack(list(values.values())) * share
     dist.all_reduce(stacked)

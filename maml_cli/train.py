@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maml_cli import checkpoint, distributed, jobs
 from maml_cli.build import build
-from maml_cli.cli import main_wrapper, reports_errors
+from maml_cli.cli import main_wrapper, reports_errors, stop_requests
 from maml_cli.config import config_dir, from_checkpoint, register_configs
 from maml_cli.errors import UserError
 from maml_cli.schemas import check_values
@@ -23,6 +23,13 @@ register_configs()
 @reports_errors("maml-train")
 def main(cfg: DictConfig) -> float:
     """Returns the best validation metric, the value Hydra's sweepers optimise."""
+    # Signals are caught from here on: one that comes while the data loads or the model
+    # builds stops the run before its first step (under torchrun, on every rank together).
+    with stop_requests() as stop:
+        return _train(cfg, stop)
+
+
+def _train(cfg: DictConfig, stop: list[int]) -> float:
     hydra_cfg = HydraConfig.get()
     resume = None
     if cfg.resume:
@@ -50,7 +57,7 @@ def main(cfg: DictConfig) -> float:
     if world > 1 and getattr(run.optimizer, "needs_closure", False):
         raise UserError("outer=trpo runs in one process (its line search evaluates the whole "
                         "meta-batch again); run it without torchrun")
-    return Trainer(run, run_dir, resume).fit()
+    return Trainer(run, run_dir, resume).fit(stop)
 
 
 cli = main_wrapper("maml-train", main)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import signal
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from maml_cli import checkpoint, distributed, tracking
 from maml_cli.build import Run
-from maml_cli.cli import stop_requests
 from maml_cli.engine import choose_compile
 from maml_cli.errors import Stopped, UserError
 from maml_cli.evaluate import validate
@@ -80,16 +80,20 @@ class Trainer:
             self.save("best.pt")
         return metric
 
-    def fit(self) -> float | None:
-        """Train to trainer.iterations (or stop_after); the best validation metric."""
+    def fit(self, stop: Sequence[int] = ()) -> float | None:
+        """Train to trainer.iterations (or stop_after); the best validation metric. `stop`: the
+        signals received so far, growing as they come (cli.stop_requests); after one, the run
+        stops with a checkpoint at the end of the iteration it is in."""
         run, tc, p, main = self.run, self.run.trainer, self.progress, self.group.main
         started, last, untrained = time.perf_counter(), {}, None
         window = Window(getattr(run.task, "env_steps_simulated", None))
         # The tracker closes (flushing its events) on every way out, errors and signals too.
-        # Signals are caught first: once the events file exists, SIGTERM stops with a checkpoint
-        # (benchmarks/reproduce.py --time-limit waits for it).
-        with stop_requests() as stop, Tracker(self.run_dir / "tb" if main else None) as tracker, \
+        with Tracker(self.run_dir / "tb" if main else None) as tracker, \
                 progress("meta-train", show=main) as bar:
+            # A signal that came before training stops it here, not after a first step that
+            # may compile for minutes.
+            if distributed.anyone(bool(stop), run.device):
+                self._stop(stop[0] if stop else signal.SIGTERM)
             task = bar.add_task("train", total=tc.iterations, completed=p.iteration, status="")
             if tc.val_every and p.iteration == 0:
                 untrained = self.validate(tracker)

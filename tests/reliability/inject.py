@@ -8,6 +8,8 @@ FAULT is one of
     pause-in-save:N    the N-th checkpoint write stops halfway, touches SAVING, waits to be killed
     full-disk:N        the N-th checkpoint write fails halfway with ENOSPC, as on a full disk
     nan-at:I,J,...     the meta-batches of iterations I, J, ... carry a NaN target
+    term-in-build:R    the process of rank R (0 without torchrun) SIGTERMs itself while the run
+                       builds, as a preemption during data loading would
 
 Checkpoint writes are counted in the order the trainer makes them (iter_<n>.pt before last.pt).
 """
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from maml_cli import files
+from maml_cli import files, train
 from maml_cli.tasks.sinusoid import Sinusoid
 from maml_cli.train import cli
 from maml_cli.trainer import Trainer
@@ -86,6 +88,17 @@ def nan_at(iterations: set[int]) -> None:
     Sinusoid.sample = fault
 
 
+def term_in_build(rank: int) -> None:
+    build = train.build
+
+    def fault(cfg):
+        if int(os.environ.get("RANK", "0")) == rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return build(cfg)
+
+    train.build = fault
+
+
 def main() -> None:
     fault, _, arg = sys.argv[1].partition(":")
     if fault == "kill-at":
@@ -96,6 +109,8 @@ def main() -> None:
         broken_save(int(arg), pause=fault == "pause-in-save")
     elif fault == "nan-at":
         nan_at({int(i) for i in arg.split(",")})
+    elif fault == "term-in-build":
+        term_in_build(int(arg))
     else:
         sys.exit(f"unknown fault {fault}")
     sys.argv = ["maml-train", *sys.argv[2:]]

@@ -40,6 +40,27 @@ def test_signal_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path, signum)
     assert resumed["iteration"] == stopped_at + 5
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_signal_while_the_run_builds_stops_it_before_its_first_step(tmp_path, nproc):
+    # Under torchrun only rank 1 gets it: rank 0 must stop with it all the same.
+    launcher = [sys.executable] if nproc == 1 else [
+        str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run(
+        [*launcher, str(INJECT), f"term-in-build:{nproc - 1}", "trainer.iterations=1000",
+         "device=cpu", "device.threads=1", "hydra.run.dir=run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    out = proc.stdout + proc.stderr
+    if nproc == 1:
+        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in out, out
+    else:  # torchrun reports its workers' exit codes (143) as a failure of its own
+        assert proc.returncode != 0 and "exitcode  : 143" in out, out
+    assert "stopped by SIGTERM after iteration 0" in (tmp_path / "run/maml-train.log").read_text()
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["iteration"] == 0
+    ok(run_cli("maml-train", "resume=run", "trainer.iterations=3", "device=cpu",
+               "hydra.run.dir=resumed", cwd=tmp_path))
+
+
 def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoints(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(INJECT), "hang-at:25", "trainer.iterations=100",
