@@ -160,7 +160,7 @@ def stop_requests():
         if signum == signal.SIGINT and signal.SIGINT in requested:
             raise KeyboardInterrupt
         if signum == signal.SIGINT and distributed.group().main:
-            log.warning("SIGINT: stopping after this meta-iteration with a checkpoint "
+            log.warning("SIGINT: stopping before the next meta-iteration, with a checkpoint "
                         "(Ctrl-C again quits at once, without one)")
         requested.append(signum)
 
