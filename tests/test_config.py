@@ -193,6 +193,17 @@ def test_paper_presets_carry_the_papers_hyperparameters(name, ways, shots, batch
         assert (cfg.model.filters, cfg.model.downsample) == (64, "stride")
 
 
+def test_the_fomaml_preset_trains_on_15_queries_and_tests_on_the_papers_one():
+    # Its row's setting (docs/results.md, "FOMAML"): 15 training queries per class, validation
+    # and test on one, as the paper's rows are tested.
+    cfg = compose_train("+experiment=omniglot_5w1s_fomaml")
+    assert cfg.algorithm.first_order and cfg.algorithm.head_init == "zero"
+    assert (cfg.task.ways, cfg.task.shots, cfg.task.queries, cfg.task.eval_queries) == (5, 1, 15, 1)
+    assert (cfg.inner.lr, cfg.inner.steps, cfg.inner.eval_steps) == (0.1, 5, 10)
+    assert (cfg.trainer.iterations, cfg.trainer.meta_batch_size) == (10000, 32)
+    assert (cfg.trainer.lr_schedule, cfg.trainer.min_lr) == ("cosine", 1e-5)
+
+
 def test_family_presets_carry_their_papers_settings():
     mamlpp = compose_train("+experiment=mamlpp_omniglot_5w1s")
     assert (mamlpp.trainer.meta_batch_size, mamlpp.trainer.iterations) == (16, 150 * 500)
