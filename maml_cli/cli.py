@@ -88,6 +88,11 @@ def main_wrapper(prog: str, hydra_main: Callable[[], object],
                 fail(prog, e)
         except OSError as e:  # e.g. Hydra cannot create the run dir
             fail(prog, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        except Stopped:
+            # Every rank stops after the same iteration, so they leave the group together, as
+            # after a finished run: a rank that exits without it can abort (std::terminate).
+            distributed.close()
+            raise
         except KeyboardInterrupt:
             print(f"{prog}: interrupted; files written before it are kept",
                   file=sys.stderr)
