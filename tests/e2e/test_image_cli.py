@@ -18,19 +18,18 @@ def maml_eval(run_dir, cwd, env, *args):
 
 
 def test_omniglot_5way_1shot_learns_well_above_chance(tmp_path, data_env):
-    """A CI-sized MAML run (second order, 120 meta-iterations of 8 tasks)."""
-    common = ["+experiment=omniglot_5w1s", "trainer.meta_batch_size=8", "trainer.val_every=60",
-              "trainer.val_tasks=50", "inner.eval_steps=3"]
-    ok(run_cli("maml-train", *common, "trainer.iterations=120", "hydra.run.dir=trained",
-               cwd=tmp_path, env=data_env))
-    ok(run_cli("maml-train", *common, "trainer.iterations=0", "hydra.run.dir=untrained",
-               cwd=tmp_path, env=data_env))
+    """A CI-sized MAML run (second order, 120 meta-iterations of 8 tasks). Its validation before
+    training and after it ran on the same 50 tasks: the untrained network's baseline."""
+    ok(run_cli("maml-train", "+experiment=omniglot_5w1s", "trainer.meta_batch_size=8",
+               "trainer.val_every=120", "trainer.val_tasks=50", "inner.eval_steps=3",
+               "trainer.iterations=120", "hydra.run.dir=trained", cwd=tmp_path, env=data_env))
+    val = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    assert val["val_accuracy_best"] > val["val_accuracy_untrained"] + 0.1, val
     trained, report = maml_eval(tmp_path / "trained", tmp_path, data_env, "eval.tasks=100")
-    untrained, _ = maml_eval(tmp_path / "untrained", tmp_path, data_env, "eval.tasks=100")
     assert report["metric"] == "accuracy" and report["split"] == "test"
     assert [r["steps"] for r in report["results"]] == [0, 1, 2, 3]
     assert abs(trained[0] - 0.2) < 0.05  # before adaptation, labels are a coin toss
-    assert trained[3] > 0.6 and trained[3] > untrained[3] + 0.1, (trained, untrained)
+    assert trained[3] > 0.6, trained
     state = torch.load(tmp_path / "trained/checkpoints/last.pt", weights_only=True)
     assert state["model"]["14.weight"].shape == (5, 64)  # the head is sized to task.ways
     assert state["config"]["task"]["loss_scale"] == 5

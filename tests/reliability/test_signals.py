@@ -16,9 +16,11 @@ from tests.helpers import BIN, HANG_GUARD_S, INJECT, ok, run_cli
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path, signum):
+    # compile=false: a million iterations would have trainer.compile=auto compile first, which
+    # is not what this waits for (a signal during a long step: the second-SIGINT test).
     proc = subprocess.Popen(
-        [str(BIN / "maml-train"), "trainer.iterations=1000000", "trainer.val_every=0",
-         "trainer.log_every=10", "hydra.run.dir=run"],
+        [str(BIN / "maml-train"), "trainer.iterations=1000000", "trainer.compile=false",
+         "trainer.val_every=0", "trainer.log_every=10", "hydra.run.dir=run"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + HANG_GUARD_S
     while not list((tmp_path / "run" / "tb").glob("events.*")):  # the loop has started
@@ -85,7 +87,8 @@ def test_a_second_sigint_quits_a_step_that_does_not_end_and_keeps_the_checkpoint
 def test_a_sweep_stopped_by_a_signal_records_the_job_as_stopped_with_its_resume_command(tmp_path):
     proc = subprocess.Popen(
         [str(BIN / "maml-train"), "-m", "seed=0,1", "trainer.iterations=1000000",
-         "trainer.val_every=0", "trainer.log_every=10", "hydra.sweep.dir=sweep"],
+         "trainer.compile=false", "trainer.val_every=0", "trainer.log_every=10",
+         "hydra.sweep.dir=sweep"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + HANG_GUARD_S
     while not list((tmp_path / "sweep" / "0" / "tb").glob("events.*")):
