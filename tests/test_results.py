@@ -3,15 +3,17 @@ end; docs/results.md's table is what the stored rows say; a stored row's checkpo
 numbers again through maml-eval."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import HANG_GUARD_S, ok, run_cli
+from tests.helpers import BIN, HANG_GUARD_S, ok, run_cli
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import reproduce  # noqa: E402
@@ -118,6 +120,36 @@ def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_
     assert f"{record['iterations_done']:,} of 1,000,000 (**stopped early**)" in (
         tmp_path / "doc.md").read_text()
     assert "stopped by SIGTERM" in (tmp_path / "runs" / "tiny" / "train.log").read_text()
+
+
+def test_the_gpu_session_script_trains_its_rows_side_by_side_and_packs_them(tmp_path):
+    """benchmarks/gpu_session.sh, run on the CPU (DEVICE=cpu) in a copy of the project's
+    benchmarks/ and docs/ holding a tiny row: a lent GPU's few minutes must not be lost to it."""
+    for part in ("gpu_session.sh", "reproduce.py"):
+        (tmp_path / "benchmarks").mkdir(exist_ok=True)
+        shutil.copy(Path(reproduce.__file__).parent / part, tmp_path / "benchmarks")
+    (tmp_path / "benchmarks" / "rows.yaml").write_text(TINY.replace(
+        "trainer.iterations=40,", "trainer.iterations=1000000, trainer.compile=false,", 1))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text(f"{reproduce.BEGIN}\n{reproduce.END}\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
+           "LIMIT": "2", "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(tmp_path / "benchmarks" / "gpu_session.sh"), "tiny",
+                           "no_such_row"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 1 and "1 of 2 rows failed" in proc.stdout, proc.stdout + proc.stderr
+    assert "unknown row 'no_such_row'" in (tmp_path / "outputs/rows/no_such_row.log").read_text()
+    with tarfile.open(tmp_path / "out" / "rows.tgz") as packed:
+        names = set(packed.getnames())
+    kept = "benchmarks/results/rows/tiny"
+    assert {f"{kept}/{f}" for f in ("row.json", "eval.json", "model.pt", "resume.pt")} <= names
+    run = "outputs/rows/tiny"
+    assert {"outputs/rows/tiny.log", f"{run}/train.log", f"{run}/seg1/config.yaml",
+            f"{run}/seg1/checkpoints/last.pt"} <= names, names
+    assert any(n.startswith(f"{run}/seg1/tb/events.") for n in names), names
+    record = json.loads((tmp_path / kept / "row.json").read_text())
+    assert 0 < record["iterations_done"] < record["iterations_planned"]
+    assert "stopped early" in (tmp_path / "docs" / "results.md").read_text()
 
 
 def means(results: list[dict]) -> list[float]:
