@@ -33,6 +33,9 @@ later:
   train: [trainer.iterations=40]
   show_steps: [1]
 """
+# The tiny row with no end in sight, for the tests that stop it by a time limit.
+ENDLESS = TINY.replace("trainer.iterations=40,",
+                       "trainer.iterations=1000000, trainer.compile=false,", 1)
 
 
 def test_the_results_table_is_generated_from_the_stored_rows():
@@ -109,8 +112,7 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_path, nproc):
     """With --nproc 2 the signal goes through torchrun, which forwards it to its workers."""
-    (tmp_path / "rows.yaml").write_text(TINY.replace(
-        "trainer.iterations=40,", "trainer.iterations=1000000, trainer.compile=false,", 1))
+    (tmp_path / "rows.yaml").write_text(ENDLESS)
     (tmp_path / "doc.md").write_text(f"# r\n{reproduce.BEGIN}\n{reproduce.END}\n")
     proc = reproduce_tiny(tmp_path, "--time-limit", "1", "--nproc", str(nproc))
     record = json.loads((tmp_path / "results" / "tiny" / "row.json").read_text())
@@ -125,11 +127,10 @@ def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_
 def test_the_gpu_session_script_trains_its_rows_side_by_side_and_packs_them(tmp_path):
     """benchmarks/gpu_session.sh, run on the CPU (DEVICE=cpu) in a copy of the project's
     benchmarks/ and docs/ holding a tiny row: a lent GPU's few minutes must not be lost to it."""
+    (tmp_path / "benchmarks").mkdir()
     for part in ("gpu_session.sh", "reproduce.py"):
-        (tmp_path / "benchmarks").mkdir(exist_ok=True)
         shutil.copy(Path(reproduce.__file__).parent / part, tmp_path / "benchmarks")
-    (tmp_path / "benchmarks" / "rows.yaml").write_text(TINY.replace(
-        "trainer.iterations=40,", "trainer.iterations=1000000, trainer.compile=false,", 1))
+    (tmp_path / "benchmarks" / "rows.yaml").write_text(ENDLESS)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "results.md").write_text(f"{reproduce.BEGIN}\n{reproduce.END}\n")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
