@@ -578,6 +578,8 @@ def main() -> None:
                         help="workloads to time every algorithm on ('' for none)")
     parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
                         help="time the default run through the whole trainer (T1)")
+    parser.add_argument("--trainer-iterations", type=int, default=15000,
+                        help="T1's run length (default: the default run's 15,000)")
     parser.add_argument("--rl", action=argparse.BooleanOptionalAction, default=True,
                         help="time the 2D-navigation meta-iteration by phase (R1)")
     parser.add_argument("--compile", default=None,
@@ -604,7 +606,7 @@ def main() -> None:
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
-    trainer = [bench_trainer(device)] if args.trainer else []
+    trainer = [bench_trainer(device, args.trainer_iterations)] if args.trainer else []
     rl = [bench_rl(device)] if args.rl else []
     info = machine(device)
     show(results, info, device)

@@ -1,11 +1,19 @@
 """The benchmark harness on a small workload: every implementation (maml-cli's engines,
-higher, the naive loop) computes the same meta-gradient, and the report has every column."""
+higher, the naive loop) computes the same meta-gradient, and the report has every column; the
+GPU speed script runs through on the CPU."""
 
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import BIN, HANG_GUARD_S
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench  # noqa: E402
@@ -89,3 +97,33 @@ def test_w4_is_w2_with_resnet12_and_only_on_request():
     w2, w4 = bench.WORKLOADS["W2"], bench.WORKLOADS["W4"]
     assert (w4.tasks, w4.ways, w4.shots, w4.queries) == (w2.tasks, w2.ways, w2.shots, w2.queries)
     assert isinstance(w4.model(), bench.ResNet12) and "W4" not in bench.DEFAULT_WORKLOADS
+
+
+def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_path, data_env):
+    """benchmarks/gpu_speed.sh, run on the CPU (DEVICE=cpu) with the shortest runs in a copy of
+    benchmarks/, in its CUDA-graph mode only (the other differs in the value of one variable,
+    which on the CPU changes nothing): a lent GPU's few minutes must not be lost to it."""
+    (tmp_path / "benchmarks").mkdir()
+    for part in ("gpu_setup.sh", "gpu_speed.sh", "bench.py"):
+        shutil.copy(Path(bench.__file__).parent / part, tmp_path / "benchmarks")
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "omniglot").symlink_to(Path(data_env["MAML_DATA_ROOT"]) / "omniglot")
+    env = {**data_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
+           "OUT": str(tmp_path / "out"), "MODES": "graphs", "WORKLOADS": "", "T1_ITERATIONS": "10",
+           "SINUSOID_ITERATIONS": "20", "OMNIGLOT_ITERATIONS": "2",
+           "OVERRIDES": "trainer.val_tasks=5 trainer.log_every=1"}
+    proc = subprocess.run(["bash", str(tmp_path / "benchmarks" / "gpu_speed.sh")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0 and "0 of 3 runs failed" in proc.stdout, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary) == ["graphs"]
+    trainer_ms, engine_ms = summary["graphs"]["T1 trainer, engine ms per iteration"]
+    assert trainer_ms > engine_ms > 0
+    assert summary["graphs"]["sinusoid tasks/s, median window"] > 0
+    assert summary["graphs"]["omniglot tasks/s, median window"] > 0
+    with tarfile.open(tmp_path / "out" / "speed.tgz") as packed:
+        names = set(packed.getnames())
+    runs = "outputs/speed"
+    assert {f"{runs}/bench-graphs.json", f"{runs}/omniglot-graphs.log",
+            f"{runs}/sinusoid-graphs/metrics.json", f"{runs}/omniglot-graphs/config.yaml"} <= names
+    assert any(n.startswith(f"{runs}/sinusoid-graphs/tb/events.") for n in names), names

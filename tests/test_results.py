@@ -128,7 +128,7 @@ def test_the_gpu_session_script_trains_its_rows_side_by_side_and_packs_them(tmp_
     """benchmarks/gpu_session.sh, run on the CPU (DEVICE=cpu) in a copy of the project's
     benchmarks/ and docs/ holding a tiny row: a lent GPU's few minutes must not be lost to it."""
     (tmp_path / "benchmarks").mkdir()
-    for part in ("gpu_session.sh", "reproduce.py"):
+    for part in ("gpu_setup.sh", "gpu_session.sh", "reproduce.py"):
         shutil.copy(Path(reproduce.__file__).parent / part, tmp_path / "benchmarks")
     (tmp_path / "benchmarks" / "rows.yaml").write_text(ENDLESS)
     (tmp_path / "docs").mkdir()
