@@ -44,6 +44,8 @@ BIN = Path(sys.executable).parent
 EVAL_KEYS = ("format", "version", "iteration", "model", "algorithm", "best", "metric", "config")
 # The most a row's resume.pt may weigh in git: conv4 with Adam's state is about 1.4 MB.
 RESUME_MAX_BYTES = 2 * 2**20
+# The processes of each segment of a row's run folder (torchrun's --nproc_per_node).
+PROCESSES = "processes.json"
 
 
 def load_rows(path: Path = ROWS) -> dict[str, dict]:
@@ -157,11 +159,15 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
         if not done:  # what the row's record says of the segments before resume.pt
             record = json.loads((kept.parent / "row.json").read_text())
             (run_root / "earlier.json").write_text(json.dumps(
-                {k: record[k] for k in ("segments", "train_wall_s", "hardware")}))
+                {k: record[k] for k in ("segments", "train_wall_s", "hardware")}
+                | {"processes": segment_processes(record)}))
         command = ["resume=" + str(source), *row["train"]]
     else:
         command = list(row["train"])
     seg = run_root / f"seg{int(every[-1].name[3:]) + 1 if every else 1}"
+    counts = run_root / PROCESSES
+    files.write_json(counts, (json.loads(counts.read_text()) if counts.is_file() else {})
+                     | {seg.name: nproc})
     run([*tool("train", nproc), *command, *machine, *limit, f"hydra.run.dir={seg}"],
         run_root / "train.log", time_limit, lambda: in_loop(seg), seg / "checkpoints" / "last.pt")
     return [s for s in segments(run_root) if last_state(s) is not None]
@@ -222,7 +228,7 @@ def reproduce(name: str, row: dict, args) -> None:
         "eval_wall_s": round(eval_s, 1),
         "hardware": joined(earlier.get("hardware"), hardware(args.device)),
         "device_threads": args.threads,
-        "processes": args.nproc,
+        "processes": earlier.get("processes", []) + processes(run_root, done, args.nproc),
         "torch": torch.__version__, "maml_cli": config["version"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "started": started.isoformat(timespec="seconds"),
@@ -232,6 +238,29 @@ def reproduce(name: str, row: dict, args) -> None:
     print(f"wrote {out / 'row.json'}")
     keep_for_resume(done[-1] / "checkpoints" / "last.pt", kept,
                     record["iterations_done"] < record["iterations_planned"])
+
+
+def processes(run_root: Path, done: list[Path], default: int) -> list[int]:
+    """The processes that shared each meta-batch in each of `done`, as train() recorded them
+    (`default` for a segment from before that record)."""
+    counts = run_root / PROCESSES
+    counts = json.loads(counts.read_text()) if counts.is_file() else {}
+    return [counts.get(s.name, default) for s in done]
+
+
+def segment_processes(record: dict) -> list[int]:
+    """A row.json's processes per segment (rows from before --nproc ran in one; rows from
+    before the per-segment record give one count for all)."""
+    counts = record.get("processes", 1)
+    return counts if isinstance(counts, list) else [counts] * record["segments"]
+
+
+def processes_text(record: dict) -> str:
+    """The table's note of a row that ran in more than one process: ", 2 processes (torchrun)",
+    or ", 1 then 2 processes (torchrun)" where its segments differed."""
+    counts = segment_processes(record)
+    counts = [c for i, c in enumerate(counts) if i == 0 or c != counts[i - 1]]
+    return f", {' then '.join(map(str, counts))} processes (torchrun)" if counts != [1] else ""
 
 
 def joined(before: str | None, now: str) -> str:
@@ -283,11 +312,9 @@ def table(rows: dict[str, dict], results: Path) -> str:
         iterations += f", meta-batch {record['meta_batch_size']}"
         if record["evaluated_iteration"] != done:
             iterations += f"; best.pt from {record['evaluated_iteration']:,}"
-        nproc = record.get("processes", 1)  # rows from before --nproc ran in one
-        processes = f", {nproc} processes (torchrun)" if nproc > 1 else ""
+        machine = f"{record['hardware']}{processes_text(record)}"
         lines.append(f"| {name} | {record['setting']} | {record['paper']} | {ours} | {iterations} "
-                     f"| {record['hardware']}{processes}, {record['train_wall_s']:,.0f} s "
-                     f"| {command} |")
+                     f"| {machine}, {record['train_wall_s']:,.0f} s | {command} |")
     return "\n".join(lines)
 
 

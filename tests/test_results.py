@@ -58,6 +58,16 @@ def test_every_stored_row_is_a_row_with_its_files():
             assert (folder / "resume.pt").stat().st_size <= reproduce.RESUME_MAX_BYTES
 
 
+@pytest.mark.parametrize("record, text", [
+    ({"segments": 2}, ""),  # a row from before --nproc
+    ({"segments": 2, "processes": 2}, ", 2 processes (torchrun)"),  # before the per-segment list
+    ({"segments": 3, "processes": [1, 1, 1]}, ""),
+    ({"segments": 4, "processes": [1, 2, 2, 2]}, ", 1 then 2 processes (torchrun)"),
+])
+def test_the_table_gives_each_rows_processes_as_its_segments_ran(record, text):
+    assert reproduce.processes_text(record) == text
+
+
 def reproduce_tiny(tmp_path, *args):
     return ok(subprocess.run(
         [sys.executable, str(Path(reproduce.__file__)), "tiny", "--threads", "1",
@@ -90,6 +100,7 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
     assert f"resume={row / 'resume.pt'}" in proc.stdout
     record = json.loads((row / "row.json").read_text())
     assert (record["iterations_done"], record["segments"]) == (40, 3)
+    assert record["processes"] == [1, 1, 1]
     assert record["train_wall_s"] > before["train_wall_s"]
     assert not (row / "resume.pt").exists()
     doc = (tmp_path / "doc.md").read_text()
@@ -117,7 +128,7 @@ def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_
     proc = reproduce_tiny(tmp_path, "--time-limit", "1", "--nproc", str(nproc))
     record = json.loads((tmp_path / "results" / "tiny" / "row.json").read_text())
     assert 0 < record["iterations_done"] < record["iterations_planned"] == 1000000, proc.stdout
-    assert record["processes"] == nproc
+    assert record["processes"] == [nproc]
     assert record["evaluated_iteration"] <= record["iterations_done"]
     assert f"{record['iterations_done']:,} of 1,000,000 (**stopped early**)" in (
         tmp_path / "doc.md").read_text()
