@@ -1,7 +1,10 @@
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from maml_cli import config
@@ -261,3 +264,34 @@ def test_a_checkpoints_own_task_keys_are_set_onto_it_not_composed_by_hydra(monke
         monkeypatch.setattr(config, "onto_checkpoint", bad)
         with pytest.raises(UserError, match=message):
             from_checkpoint(stored, cfg, ["checkpoint=x"])
+
+
+def documented_train_commands() -> list[str]:
+    """Every maml-train command line in the README's and docs/'s bash blocks."""
+    root = Path(__file__).parents[1]
+    text = "".join(p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")])
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if "maml-train" in line and not line.startswith("#")]
+
+
+def test_every_documented_maml_train_command_composes_and_validates():
+    """A key renamed or a value ruled out later fails here, not in a reader's shell. A sweep is
+    checked at the first value of each swept key; a command with a placeholder (<...>), resume=
+    or a --flag is left to the end-to-end tests."""
+    checked = 0
+    for line in documented_train_commands():
+        words = shlex.split(line)
+        args = words[next(i for i, w in enumerate(words) if w.endswith("maml-train")) + 1:]
+        if any(a.startswith(("resume=", "--")) or "<" in a for a in args):
+            continue
+        overrides = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+                     if o.is_sweep_override() else o.input_line
+                     for o in OverridesParser.create().parse_overrides(
+                         [a for a in args if a != "-m"])]
+        try:
+            check_values(compose_train(*overrides))
+        except Exception as e:
+            pytest.fail(f"{line}: {type(e).__name__}: {e}")
+        checked += 1
+    assert checked >= 20  # the README's and docs' commands were found
