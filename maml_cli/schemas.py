@@ -44,6 +44,7 @@ class SinusoidConfig(TaskConfig):
 @dataclass
 class ImageTaskConfig(TaskConfig):
     ways: int = MISSING
+    eval_shots: int | None = MISSING
     eval_queries: int | None = MISSING
     loss_scale: float = MISSING
     augment: list[str] = MISSING
@@ -404,6 +405,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
      lambda v: v >= 1),
     ("task.max_queries", *at_least(1)),
     ("task.ways", *at_least(2)),
+    ("task.eval_shots", ">= 1, or null for task.shots", lambda v: v >= 1),
     ("task.eval_queries", ">= 1, or null for task.queries", lambda v: v >= 1),
     ("task.image_size", *at_least(8)),
     ("task.augment", f"a list of {', '.join(AUGMENTS)}", lambda v: all(t in AUGMENTS for t in v)),

@@ -75,6 +75,7 @@ OUT_OF_RANGE = [
     ("task.shots=0", "task.shots"), ("task.queries=0", "task.queries"),
     ("+experiment=omniglot_5w1s task.ways=1", "task.ways"),
     ("+experiment=omniglot_5w1s task.eval_queries=0", "task.eval_queries"),
+    ("+experiment=omniglot_5w1s task.eval_shots=0", "task.eval_shots"),
     ("+experiment=omniglot_5w1s task.image_size=4", "task.image_size"),
     ("+experiment=omniglot_5w1s task.augment=[hflip,blur]", "task.augment"),
     ("task=movielens task.max_queries=0", "task.max_queries"),
@@ -220,6 +221,7 @@ def test_family_presets_carry_their_papers_settings():
     assert (reptile.outer._target_, reptile.outer.lr) == ("torch.optim.SGD", 1.0)
     assert (reptile.trainer.lr_schedule, reptile.trainer.min_lr) == ("linear", 0.0)
     assert (reptile.task.shots, reptile.algorithm.inner_batch_size) == (10, 10)
+    assert (reptile.task.eval_shots, reptile.task.eval_queries) == (1, None)
     # Snell et al.'s ProtoNet settings; Sung et al.'s Relation Networks: one episode per update,
     # Adam at 1e-3 halved every 2,000 / 100,000 episodes.
     for name, shots, task in [("protonet_cifar_fs_5w1s", 1, "CIFARFS"),

@@ -24,13 +24,14 @@ class CUB(FolderTasks):
     cache_name = "cub"
 
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None, image_size: int = 84,
+                 eval_queries: int | None = None, eval_shots: int | None = None,
+                 image_size: int = 84,
                  loss_scale: float = 1.0, device="cpu", data=None, augment: Sequence[str] = ()):
         if data.download:
             raise UserError("CUB-200-2011 has no download built in. " + WHERE)
         root = Path(data.root).expanduser() / "cub" / "CUB_200_2011" / "images"
-        super().__init__(str(root), ways, shots, queries, eval_queries, image_size, 3, None,
-                         loss_scale, device, data, augment)
+        super().__init__(str(root), ways, shots, queries, eval_queries, eval_shots, image_size, 3,
+                         None, loss_scale, device, data, augment)
 
     def class_split(self):
         if not self.path.is_dir():

@@ -119,13 +119,15 @@ class FolderTasks(ImageTasks):
     cache_name = "folder"
 
     def __init__(self, path: str, ways: int = 5, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None, image_size: int | None = None,
+                 eval_queries: int | None = None, eval_shots: int | None = None,
+                 image_size: int | None = None,
                  channels: int | None = None, split_file: str | None = None,
                  loss_scale: float = 1.0, device="cpu", data=None, augment: Sequence[str] = ()):
         self.path, self.image_size, self.channels = Path(path).expanduser(), image_size, channels
         self.split_file = (Path(split_file).expanduser() if split_file
                            else self.path / SPLIT_FILE)
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment,
+                         eval_shots)
 
     def class_split(self) -> dict[str, list[Path]]:
         """The class folders of each split."""

@@ -149,10 +149,12 @@ class ImageTasks(TaskFamily):
 
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
                  eval_queries: int | None = None, loss_scale: float = 1.0,
-                 device: torch.device | str = "cpu", data=None, augment: Sequence[str] = ()):
+                 device: torch.device | str = "cpu", data=None, augment: Sequence[str] = (),
+                 eval_shots: int | None = None):
         super().__init__(device, data)
         self.ways, self.shots, self.queries = ways, shots, queries
         self.augment = list(augment)
+        self.eval_shots = shots if eval_shots is None else eval_shots
         self.eval_queries = queries if eval_queries is None else eval_queries
         self.loss_scale = loss_scale
         self.splits = {name: make_split(*data_, self.device)
@@ -170,11 +172,18 @@ class ImageTasks(TaskFamily):
         if split.num_classes < self.ways:
             raise UserError(f"task.ways={self.ways} but the {name} split has only "
                             f"{split.num_classes} classes")
-        need = self.shots + (self.queries if name == "train" else self.eval_queries)
+        need = sum(self.per_class(name))
         smallest = int(split.counts.argmin())
         if int(split.counts[smallest]) < need:
-            raise UserError(f"task.shots + queries = {need} but {self.class_label(name, smallest)} "
+            sizes = "task.shots + queries" if name == "train" else "task.eval_shots + eval_queries"
+            raise UserError(f"{sizes} = {need} but {self.class_label(name, smallest)} "
                             f"of the {name} split has only {int(split.counts[smallest])} images")
+
+    def per_class(self, split: str) -> tuple[int, int]:
+        """(support, query) images per class of the split's tasks: validation and test take
+        eval_shots and eval_queries."""
+        return ((self.shots, self.queries) if split == "train"
+                else (self.eval_shots, self.eval_queries))
 
     def class_label(self, split: str, index: int) -> str:
         """How errors name class `index` (its label) of a split."""
@@ -184,8 +193,7 @@ class ImageTasks(TaskFamily):
         """Image rows [T, ways, shots + queries] of the split's image tensor: row [t, c] holds
         distinct images of one class, and the classes of a task are distinct."""
         s = self.splits[split]
-        queries = self.queries if split == "train" else self.eval_queries
-        per_class, dev = self.shots + queries, self.device
+        per_class, dev = sum(self.per_class(split)), self.device
         classes = torch.rand(num_tasks, s.num_classes, generator=generator, device=dev)
         classes = classes.argsort(dim=1)[:, : self.ways]  # [T, ways]
         return draw_rows(s.index, s.counts, classes, per_class, generator)
@@ -203,7 +211,8 @@ class ImageTasks(TaskFamily):
             return (x[:, :, part].transpose(1, 2).flatten(1, 2),
                     y[:, :, part].transpose(1, 2).flatten(1, 2))
 
-        return Episode(*take(slice(0, self.shots)), *take(slice(self.shots, None)))
+        shots = self.per_class(split)[0]
+        return Episode(*take(slice(0, shots)), *take(slice(shots, None)))
 
     def loss(self, prediction, target):
         return F.cross_entropy(prediction, target) * self.loss_scale

@@ -57,10 +57,12 @@ def preprocess(root: Path, size: int) -> dict:
 
 class MiniImageNet(ImageTasks):
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None, image_size: int = 84, loss_scale: float = 1.0,
+                 eval_queries: int | None = None, eval_shots: int | None = None,
+                 image_size: int = 84, loss_scale: float = 1.0,
                  device="cpu", data=None, augment: Sequence[str] = ()):
         self.image_size = image_size
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment,
+                         eval_shots)
 
     def load_splits(self):
         if self.data.download:

@@ -19,7 +19,7 @@ class MNIST(ImageTasks):
     digits give sixteen classes."""
 
     def __init__(self, ways: int = 3, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None,
+                 eval_queries: int | None = None, eval_shots: int | None = None,
                  train_classes: Sequence[int] = (0, 1, 2, 3),
                  val_classes: Sequence[int] = (4, 5, 6), test_classes: Sequence[int] = (7, 8, 9),
                  rotations: Sequence[int] = (0,), loss_scale: float = 1.0, device="cpu",
@@ -31,7 +31,8 @@ class MNIST(ImageTasks):
             raise UserError("task.train_classes, task.val_classes and task.test_classes must be "
                             f"disjoint digits 0-9 (got {self.classes})")
         self.rotations = check_rotations(rotations)
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment,
+                         eval_shots)
 
     def load_splits(self):
         from torchvision.datasets import MNIST as TorchvisionMNIST

@@ -86,11 +86,13 @@ def preprocess(sources: dict[str, Path], size: int) -> dict:
 
 class Omniglot(ImageTasks):
     def __init__(self, ways: int = 5, shots: int = 1, queries: int = 1,
-                 eval_queries: int | None = None, rotations: Sequence[int] = (0, 90, 180, 270),
+                 eval_queries: int | None = None, eval_shots: int | None = None,
+                 rotations: Sequence[int] = (0, 90, 180, 270),
                  image_size: int = 28, loss_scale: float = 1.0, device="cpu", data=None,
                  augment: Sequence[str] = ()):
         self.rotations, self.image_size = check_rotations(rotations), image_size
-        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment)
+        super().__init__(ways, shots, queries, eval_queries, loss_scale, device, data, augment,
+                         eval_shots)
 
     def load_splits(self):
         root = Path(self.data.root).expanduser()

@@ -63,6 +63,21 @@ def test_episode_shapes_labels_and_per_task_label_shuffle():
     assert len(set(first.tolist())) > 3
 
 
+def test_validation_and_test_tasks_take_eval_shots_and_eval_queries():
+    tasks = Generated(ways=3, shots=4, queries=1, eval_shots=1, eval_queries=2)
+    generator = torch.Generator().manual_seed(2)
+    train = tasks.sample("train", 5, generator)
+    assert (train.support_x.shape[1], train.query_x.shape[1]) == (12, 3)
+    for split in ("val", "test"):
+        episode = tasks.sample(split, 5, generator)
+        assert (episode.support_x.shape[1], episode.query_x.shape[1]) == (3, 6)
+        assert torch.equal(episode.support_y, torch.arange(3).expand(5, -1))
+        assert torch.equal(episode.query_y, torch.arange(3).repeat(2).expand(5, -1))
+        assert tasks.sample_rows(split, 5, generator).shape == (5, 3, 3)
+    same = Generated(ways=3, shots=4, queries=1)  # null: as in training
+    assert same.sample("val", 2, generator).support_x.shape[1] == 12
+
+
 def test_sampling_depends_only_on_the_generator():
     tasks = Generated(ways=2, shots=1, queries=1)
     a = tasks.sample_rows("test", 10, torch.Generator().manual_seed(5))
@@ -81,6 +96,8 @@ def test_loss_scale_and_accuracy():
 @pytest.mark.parametrize("kwargs, message", [
     ({"ways": 7, "shots": 1, "queries": 1}, "task.ways=7 but the train split has only 6"),
     ({"ways": 2, "shots": 3, "queries": 3}, "task.shots + queries = 6 but a class"),
+    ({"ways": 2, "shots": 1, "queries": 1, "eval_shots": 5},
+     "task.eval_shots + eval_queries = 6 but a class of the val split"),
 ])
 def test_impossible_episodes_are_clear_errors(kwargs, message):
     with pytest.raises(UserError, match=message.replace("+", r"\+")):
