@@ -24,12 +24,18 @@ source "$(dirname "$0")/gpu_setup.sh"
 runs=outputs/speed
 mkdir -p "$runs"
 failed=0 modes=(${MODES-plain graphs})
+# speed.tgz from what the runs so far wrote, after every run: a call cut short keeps what it made.
+pack() {
+    tar czf "$OUT/speed.tgz" --ignore-failed-read "$runs"/*.json "$runs"/*.log \
+        "$runs"/*-*/maml-train.log "$runs"/*-*/config.yaml "$runs"/*-*/metrics.json "$runs"/*-*/tb
+}
 # One command, its output in $runs/NAME.log; stopped after RUN_LIMIT seconds so that a hang
 # cannot take the call's other runs with it (a stopped maml-train keeps its TensorBoard file).
 step() {
     local name=$1
     shift
     timeout "${RUN_LIMIT:-300}" "$@" > "$runs/$name.log" 2>&1 || failed=$((failed + 1))
+    pack > /dev/null 2>&1
 }
 for mode in "${modes[@]}"; do
     export TORCHINDUCTOR_CUDAGRAPHS=$([ "$mode" = graphs ] && echo 1 || echo 0)
@@ -75,8 +81,7 @@ for mode in sys.argv[3:]:
 Path(sys.argv[2]).write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps(summary, indent=1))
 PY
-tar czf "$OUT/speed.tgz" --ignore-failed-read "$runs"/*.json "$runs"/*.log \
-    "$runs"/*-*/maml-train.log "$runs"/*-*/config.yaml "$runs"/*-*/metrics.json "$runs"/*-*/tb
+pack
 echo "$failed of $((3 * ${#modes[@]})) runs failed;" \
     "$OUT/speed.tgz holds what they wrote ($runs/*.log)"
 exit $((failed > 0))
