@@ -70,18 +70,19 @@ def launch_overrides(argv: list[str], shared_run_dir: bool) -> list[str]:
     return overrides
 
 
-def average(grads: list[torch.Tensor], loss: torch.Tensor, stop: bool,
+def average(means: list[torch.Tensor], loss: torch.Tensor, stop: bool,
             share: float) -> tuple[torch.Tensor, bool]:
-    """All-reduce in one message: the gradients and the loss, each rank's per-task means
-    weighted by its `share` of the tasks, and whether any rank was asked to stop, so that all
-    ranks stop after the same iteration."""
-    flat = torch.cat([*(g.flatten() for g in grads), loss.detach().view(1)]) * share
+    """All-reduce in one message: `means` (the gradients, and any state the algorithm carries
+    over) in place and the loss, each rank's per-task means weighted by its `share` of the
+    tasks, and whether any rank was asked to stop, so that all ranks stop after the same
+    iteration."""
+    flat = torch.cat([*(m.flatten() for m in means), loss.detach().view(1)]) * share
     flat = torch.cat([flat, torch.tensor([float(stop)], device=loss.device)])
     dist.all_reduce(flat)
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for m in means:
+        m.copy_(flat[offset:offset + m.numel()].view_as(m))
+        offset += m.numel()
     return flat[-2], bool(flat[-1] > 0)
 
 

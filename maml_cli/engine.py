@@ -18,6 +18,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.func import vmap
+from torch.utils._pytree import tree_map
 
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
@@ -45,6 +46,11 @@ def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
     # A policy's tasks are thousands of rollout steps each: compute-bound, where vmap only adds
     # its own overhead (the 2D-navigation meta-update, R1: the loop 1.2x vmap).
     return "loop" if convolutional or getattr(model, "is_policy", False) else "vmap"
+
+
+def _task_mean(outputs: dict) -> dict:
+    """Every tensor of a (nested) dict of per-task outputs averaged over the task dimension."""
+    return {k: _task_mean(v) if isinstance(v, dict) else v.mean(0) for k, v in outputs.items()}
 
 
 def _stack(outputs: list):
@@ -119,7 +125,7 @@ class Engine:
                                            first_order=True) for t in range(episode.num_tasks)]
         policy = vmap(lambda fast, x: self.algorithm.forward({**params, **fast}, buffers, x))
         for step in range(steps + 1):
-            fast = _stack([next(path)[0] for path in paths])
+            fast = _stack([next(path).params for path in paths])
             self.task.simulate(episode, step, lambda x, tasks, fast=fast: policy(
                 {k: v[tasks] for k, v in fast.items()}, x), data)
         return data
@@ -164,7 +170,7 @@ class Engine:
                 return fn(*args, steps=steps)
             with torch.autocast(device.type, self.amp):
                 loss, metrics = fn(*args, steps=steps)
-            return loss.float(), {k: v.float() for k, v in metrics.items()}
+            return loss.float(), tree_map(lambda v: v.float(), metrics)
         except torch._dynamo.exc.TorchDynamoException as e:  # only raised when compiling
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
@@ -192,7 +198,7 @@ class Engine:
                                           steps=steps)
             loss = loss.mean()
             loss.backward()
-            return loss.detach(), {k: v.mean() for k, v in metrics.items()}
+            return loss.detach(), _task_mean(metrics)
         losses, metrics = [], []
         for t in range(episode.num_tasks):
             loss, task_metrics = self._forward(fn, device, params, buffers,
@@ -200,5 +206,4 @@ class Engine:
             (loss / episode.num_tasks).backward()
             losses.append(loss.detach())
             metrics.append(task_metrics)
-        return (torch.stack(losses).mean(),
-                {k: v.mean() for k, v in _stack(metrics).items()})
+        return torch.stack(losses).mean(), _task_mean(_stack(metrics))

@@ -170,6 +170,7 @@ class MAMLConfig(Target):
 @dataclass
 class ReptileConfig(Target):
     inner_batch_size: int | None = MISSING
+    keep_inner_state: bool = MISSING
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from maml_cli import checkpoint, distributed, tracking
+from maml_cli.algorithms.base import CARRY
 from maml_cli.build import Run
 from maml_cli.engine import choose_compile
 from maml_cli.errors import Stopped, UserError
@@ -147,11 +148,12 @@ class Trainer:
         run.algorithm.start_iteration(it)
         episode = run.engine.collect(self.params, self.buffers, episode)
         loss, metrics = run.engine.meta_backward(self.params, self.buffers, episode)
+        carry = metrics.pop(CARRY, {})
         grads = [p.grad for p in self.outer_params if p.grad is not None]
         self.stopping = stop_requested
-        if group.world > 1:
-            loss, self.stopping = distributed.average(grads, loss, stop_requested,
-                                                      group.share(size))
+        if group.world > 1:  # the carried state is a mean over tasks too: in the same message
+            loss, self.stopping = distributed.average([*grads, *carry.values()], loss,
+                                                      stop_requested, group.share(size))
         # A norm is non-finite if anything in its tensor is (torch.nn.utils.get_total_norm's
         # own bookkeeping costs more than this on small models: make bench's T1).
         norms = torch._foreach_norm([loss, *grads])
@@ -171,8 +173,10 @@ class Trainer:
                 self._check_finite()
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
             run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
-            return metrics | run.optimizer.stats
-        run.optimizer.step()
+            metrics |= run.optimizer.stats
+        else:
+            run.optimizer.step()
+        run.algorithm.carry_over(carry)
         return metrics
 
     def _choose_compile(self, seconds: float) -> None:

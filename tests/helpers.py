@@ -8,6 +8,10 @@ BIN = Path(sys.executable).parent
 # Subprocess timeouts only catch a hang: far beyond any run's time on a slow, busy machine, so
 # that no test depends on the machine's speed (learning tests have iteration budgets).
 HANG_GUARD_S = 1800
+# Reptile with the inner Adam's state kept across tasks (on the default sinusoid): state that is
+# carried from one meta-batch to the next, beside the weights.
+REPTILE_KEPT_STATE = ["algorithm=reptile", "inner=adam", "algorithm.keep_inner_state=true",
+                      "outer=sgd", "outer.lr=1.0"]
 
 
 def run_cli(script: str, *args: str, cwd: Path, timeout: float = HANG_GUARD_S, env=None):

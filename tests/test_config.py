@@ -221,6 +221,7 @@ def test_family_presets_carry_their_papers_settings():
     assert (reptile.outer._target_, reptile.outer.lr) == ("torch.optim.SGD", 1.0)
     assert (reptile.trainer.lr_schedule, reptile.trainer.min_lr) == ("linear", 0.0)
     assert (reptile.task.shots, reptile.algorithm.inner_batch_size) == (10, 10)
+    assert reptile.algorithm.keep_inner_state
     assert (reptile.task.eval_shots, reptile.task.eval_queries) == (1, None)
     # Snell et al.'s ProtoNet settings; Sung et al.'s Relation Networks: one episode per update,
     # Adam at 1e-3 halved every 2,000 / 100,000 episodes.

@@ -16,6 +16,10 @@ from maml_cli.errors import UserError
 from maml_cli.tasks.base import FixedData, TaskData
 
 Params = dict[str, Tensor]
+# task_loss's metrics may hold, under this key, state that the algorithm carries from one
+# meta-batch to the next (a dict of tensors, Reptile's kept inner Adam state): averaged over
+# the tasks and ranks as the metrics are, then handed to Algorithm.carry_over, not logged.
+CARRY = "carry"
 
 
 def split_head(model: nn.Module, algorithm: str) -> tuple[nn.Sequential, nn.Module, str]:
@@ -72,6 +76,9 @@ class Algorithm:
     def start_iteration(self, iteration: int) -> None:
         """Before each meta-iteration (1, 2, ...): where schedules inside the algorithm are set,
         outside task_loss, so that a compiled task_loss does not see them change."""
+
+    def carry_over(self, carry: dict[str, Tensor]) -> None:
+        """After each meta-update: the meta-batch's mean CARRY, if task_loss returns one."""
 
     def forward(self, params: Params, buffers: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, (params, buffers), (x,))

@@ -51,7 +51,7 @@ class Adam(SGD):
 
     def step(self, params: Params, grads: Params, state, lr: Rates):
         (b1, b2), (t, m, v) = self.betas, state
-        t += 1
+        t = t + 1  # not in place: a kept state's step count is a buffer (Reptile)
         m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
         v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grads.items()}
         new = {k: p - lr[k] * (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + self.eps)

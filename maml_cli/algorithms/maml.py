@@ -7,6 +7,7 @@ derivative-order annealing."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,13 @@ LR_MODES = ("fixed", "per_layer_step", "per_parameter")
 HEAD_INITS = ("learned", "zero")
 # (query predictions, their targets)
 Outcome = tuple[Tensor, Tensor]
+
+
+class Adapted(NamedTuple):
+    """The inner loop after some number of steps."""
+    params: Params
+    query: Callable[[], Outcome]  # the query predictions with `params`, and their targets
+    state: Any  # the inner optimizer's
 # MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
 MSL_MIN_SHARE = 0.03
 
@@ -141,10 +149,13 @@ class MAML(Algorithm):
         index = (torch.arange(size, device=x.device) + step * size) % n
         return x[index], y[index]
 
+    def inner_start(self, fast: Params):
+        """The inner optimizer's state at the start of a task's inner loop."""
+        return self.inner.init(fast)
+
     def trajectory(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
-                   first_order: bool) -> Iterator[tuple[Params, Callable[[], Outcome]]]:
-        """After 0, 1, ..., steps inner steps: (the adapted parameters, a function of no
-        arguments giving the query predictions with them and their targets)."""
+                   first_order: bool) -> Iterator[Adapted]:
+        """The inner loop after 0, 1, ..., steps inner steps."""
         if self.head is not None:  # ANIL: the body's features once, the head adapts on them
             body = body_params(params, self.head_prefix)
             support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
@@ -167,8 +178,8 @@ class MAML(Algorithm):
             x, y = data.query(step)
             return predict(p, x, row), y
 
-        state = self.inner.init(fast)
-        yield fast, lambda p=fast: query(p, 0, 0)
+        state = self.inner_start(fast)
+        yield Adapted(fast, lambda p=fast: query(p, 0, 0), state)
         for step in range(steps):
             x, y = self._batch(*data.support(step), step)
             grads = grad(lambda p, x=x, y=y, s=step: self.loss_fn(predict(p, x, s), y))(fast)
@@ -176,7 +187,7 @@ class MAML(Algorithm):
                 grads = {k: g.detach() for k, g in grads.items()}
             fast, state = self.inner.step(fast, grads, state, self._lr(step))
             # MAML++'s indexing: the query after step s+1 uses the norm row of step s.
-            yield fast, lambda p=fast, s=step: query(p, s + 1, s)
+            yield Adapted(fast, lambda p=fast, s=step: query(p, s + 1, s), state)
 
     def _training_path(self, params, buffers, *task, steps: int):
         """The trajectory as this iteration trains it (first or second order)."""
@@ -186,13 +197,13 @@ class MAML(Algorithm):
         path = self._training_path(params, buffers, support_x, support_y, query_x, query_y,
                                    steps=steps)
         with torch.no_grad():
-            before = path[0][1]()
-        after = path[-1][1]()
+            before = path[0].query()
+        after = path[-1].query()
         weights = self.step_weights(steps)
         if weights is None:
             loss = self.objective_fn(*after)
         else:
-            outcomes = [query() for _, query in path[1:-1]] + [after]
+            outcomes = [point.query() for point in path[1:-1]] + [after]
             loss = sum(w * self.objective_fn(*o) for w, o in zip(weights, outcomes))
         return loss, self.metrics(before, after)
 
@@ -200,10 +211,10 @@ class MAML(Algorithm):
         """One task's meta-objective and the KL of its adapted policy from the one that drew
         its query samples, both differentiable in the meta-parameters (outer=trpo)."""
         after = self._training_path(params, buffers, support_x, support_y, query_x, query_y,
-                                    steps=steps)[-1][1]()
+                                    steps=steps)[-1].query()
         return self.objective_fn(*after), self.kl_fn(*after)
 
     def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
-        for _, query in self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
-                                        steps, first_order=True):
-            yield query()
+        for point in self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
+                                     steps, first_order=True):
+            yield point.query()

@@ -2,11 +2,14 @@
 LSLR, ANIL, the multi-step loss, per-step norms, derivative-order annealing, Reptile, the
 pretrained baseline, Prototypical and Relation Networks, under every engine strategy."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maml_cli.algorithms.base import CARRY
 from maml_cli.algorithms.inner import SGD, Adam
 from maml_cli.algorithms.maml import MAML
 from maml_cli.algorithms.pretrain import Pretrain
@@ -164,8 +167,6 @@ def test_derivative_order_annealing_switches_from_first_to_second_order(strategy
 
 def naive_reptile_targets(model, episode, make_optimizer, steps, batch=None):
     """Each task's adapted weights, by torch.optim on a deep copy of the model."""
-    import copy
-
     adapted = []
     for t in range(episode.num_tasks):
         clone = copy.deepcopy(model)
@@ -198,6 +199,74 @@ def test_reptile_meta_step_is_the_interpolation_towards_the_adapted_weights(stra
     optimizer.step()
     want = [t + epsilon * (f - t) for t, f in zip(theta, phi)]
     assert_close(list(model.parameters()), want, rtol=1e-9)
+
+
+def reference_adapt(model, optimizer, sx, sy, steps, batch):
+    """openai/supervised-reptile's inner loop: `optimizer`, one torch.optim.Adam, keeps its
+    moments and step count from call to call; only the weights are set by the caller."""
+    for step in range(steps):
+        index = (torch.arange(batch) + step * batch) % len(sx)
+        optimizer.zero_grad()
+        F.mse_loss(model(sx[index]), sy[index]).backward()
+        optimizer.step()
+
+
+@STRATEGY
+@pytest.mark.parametrize("meta_batch", [1, 3])
+def test_reptile_keeps_the_inner_adam_state_as_the_reference_does(strategy, meta_batch):
+    """keep_inner_state, two meta-batches: every task adapts from the kept Adam state with the
+    weights reset to θ, θ ← θ + ε·mean(φ − θ), and the kept state becomes the tasks' mean final
+    state; with one task per meta-batch that is the reference's serial run exactly.
+    Evaluation adapts from the kept state and leaves it as it was."""
+    model, loss_fn, metric_fn, episode, _ = CASES["mlp"](4, tasks=2 * meta_batch)
+    reference = copy.deepcopy(model)
+    adam = torch.optim.Adam(reference.parameters(), lr=0.01, betas=(0.0, 0.999))
+    rule = Adam(0.01, steps=4, eval_steps=3, betas=(0.0, 0.999))
+    algorithm = Reptile(model, loss_fn, metric_fn, rule, inner_batch_size=3,
+                        keep_inner_state=True)
+    engine, epsilon = Engine(algorithm, strategy), 0.3
+    outer = torch.optim.SGD(model.parameters(), lr=epsilon)
+    params = dict(model.named_parameters())
+    for start in range(0, episode.num_tasks, meta_batch):
+        theta = [p.detach().clone() for p in reference.parameters()]
+        finals = []
+        for t in range(start, start + meta_batch):
+            clone, clone_adam = copy.deepcopy((reference, adam))
+            reference_adapt(clone, clone_adam, episode.support_x[t], episode.support_y[t], 4, 3)
+            finals.append((list(clone.parameters()), clone_adam))
+        with torch.no_grad():
+            for i, (p, t0) in enumerate(zip(reference.parameters(), theta)):
+                phi = torch.stack([weights[i] for weights, _ in finals]).mean(0)
+                p.copy_(t0 + epsilon * (phi - t0))
+                for key in ("step", "exp_avg", "exp_avg_sq"):
+                    adam.state[p][key] = torch.stack(
+                        [o.state[w[i]][key] for w, o in finals]).mean(0)
+        outer.zero_grad()
+        _, metrics = engine.meta_backward(params, {}, episode[start:start + meta_batch])
+        outer.step()
+        algorithm.carry_over(metrics.pop(CARRY))
+        assert_close(list(model.parameters()), list(reference.parameters()), rtol=1e-9)
+        kept = [b.clone() for b in algorithm.learned.buffers()]
+        # [step, first moments in parameter order, second moments]
+        want = [adam.state[p]["step"].double() for p in reference.parameters()][:1] + [
+            adam.state[p][key] for key in ("exp_avg", "exp_avg_sq")
+            for p in reference.parameters()]
+        assert_close(kept, want, rtol=1e-9)
+
+    with torch.no_grad():
+        curves = engine.curves({k: p.detach() for k, p in params.items()}, {}, episode[:1])
+    clone, clone_adam = copy.deepcopy((reference, adam))
+    reference_adapt(clone, clone_adam, episode.support_x[0], episode.support_y[0], 3, 3)
+    with torch.no_grad():
+        want = metric_fn(clone(episode.query_x[0]), episode.query_y[0])
+    torch.testing.assert_close(curves[0, -1, 0], want, rtol=1e-9, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(kept, algorithm.learned.buffers()))
+
+
+def test_keep_inner_state_without_inner_state_is_one_line():
+    model, loss_fn, metric_fn, _, _ = CASES["mlp"](0, tasks=1)
+    with pytest.raises(UserError, match="keep_inner_state .* use inner=adam"):
+        Reptile(model, loss_fn, metric_fn, SGD(LR), keep_inner_state=True)
 
 
 @STRATEGY

@@ -6,21 +6,24 @@ import os
 import shutil
 import subprocess
 
+import pytest
 import torch
 
-from tests.helpers import BIN, HANG_GUARD_S, ok, run_cli
+from tests.helpers import BIN, HANG_GUARD_S, REPTILE_KEPT_STATE, ok, run_cli
 
 # The default meta-batch, 25 tasks: 13 on one rank and 12 on the other (README's command).
 RUN = ["device=cpu", "device.threads=1", "trainer.iterations=6",
        "trainer.val_every=3", "trainer.val_tasks=10", "trainer.log_every=2"]
 
 
-def test_two_ranks_match_one_process_with_the_same_uneven_meta_batch(tmp_path):
+# The default, and state carried from one meta-batch to the next, which is a mean over tasks too.
+@pytest.mark.parametrize("algorithm", [[], REPTILE_KEPT_STATE], ids=["maml", "reptile-kept"])
+def test_two_ranks_match_one_process_with_the_same_uneven_meta_batch(tmp_path, algorithm):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
-                       "maml_cli.train", *RUN], cwd=tmp_path, capture_output=True, text=True,
-                      timeout=HANG_GUARD_S, env=env))
-    ok(run_cli("maml-train", *RUN, "hydra.run.dir=single", cwd=tmp_path))
+                       "maml_cli.train", *RUN, *algorithm], cwd=tmp_path, capture_output=True,
+                      text=True, timeout=HANG_GUARD_S, env=env))
+    ok(run_cli("maml-train", *RUN, *algorithm, "hydra.run.dir=single", cwd=tmp_path))
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 1  # every rank used rank 0's run dir
     events = [len(list((d / "tb").glob("events.out.tfevents.*")))
@@ -29,8 +32,10 @@ def test_two_ranks_match_one_process_with_the_same_uneven_meta_batch(tmp_path):
     two = torch.load(runs[0] / "checkpoints/last.pt", weights_only=True)
     one = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=True)
     assert two["iteration"] == one["iteration"] == 6
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6)
+    for part in ("model", "algorithm"):
+        assert two[part].keys() == one[part].keys()
+        for key, value in one[part].items():
+            torch.testing.assert_close(two[part][key], value, rtol=1e-5, atol=1e-6)
     assert abs(two["best"] - one["best"]) < 1e-5
 
 

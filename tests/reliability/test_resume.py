@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import ok, run_cli, with_fault
+from tests.helpers import REPTILE_KEPT_STATE, ok, run_cli, with_fault
 
 # Meta-SGD and a cosine schedule: the algorithm's own weights and the schedule resume too.
 COMMON = ["algorithm=metasgd", "trainer.lr_schedule=cosine",
@@ -80,3 +80,17 @@ def test_stop_after_then_resume_with_the_original_command_is_bit_identical(unint
     resumed = torch.load(tmp_path / "second/checkpoints/last.pt", weights_only=True)
     assert_same_state({k: v for k, v in full.items() if k != "config"},
                       {k: v for k, v in resumed.items() if k != "config"})
+
+
+def test_a_kept_inner_optimizer_state_resumes_bit_identical(tmp_path):
+    args = [*REPTILE_KEPT_STATE, "trainer.iterations=12", "trainer.val_every=6",
+            "trainer.val_tasks=5", "trainer.compile=false"]
+    ok(run_cli("maml-train", *args, "hydra.run.dir=full", cwd=tmp_path))
+    ok(run_cli("maml-train", *args, "trainer.stop_after=5", "hydra.run.dir=first", cwd=tmp_path))
+    ok(run_cli("maml-train", *args, "resume=first", "hydra.run.dir=second", cwd=tmp_path))
+    full = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "second/checkpoints/last.pt", weights_only=True)
+    assert_same_state({k: v for k, v in full.items() if k != "config"},
+                      {k: v for k, v in resumed.items() if k != "config"})
+    steps = full["config"]["inner"]["steps"]
+    assert full["algorithm"]["inner_state:0"].item() == 12 * steps  # Adam's step count, kept
