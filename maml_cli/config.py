@@ -3,9 +3,11 @@ config of a run continued or evaluated from a checkpoint. The schema is in schem
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from maml_cli import schemas
@@ -86,10 +88,10 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     for override in onto_checkpoint:
         key = override.split("=", 1)[0]
         old = OmegaConf.select(merged, key, default=_ABSENT)
-        if old is _ABSENT:
+        if old is _ABSENT and not _added_since(merged, key):
             raise UserError(f"{key} is not a key of the checkpoint's {key.split('.')[0]} config")
         value = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
-        if not _same_kind(old, value):
+        if old is not _ABSENT and not _same_kind(old, value):
             raise UserError(f"{override}: the checkpoint's {key} is {type(old).__name__} "
                             f"({old!r})")
         OmegaConf.update(merged, key, value, merge=False)
@@ -98,6 +100,17 @@ def from_checkpoint(stored: dict, cfg: DictConfig, overrides: list[str]) -> Dict
 
 
 _ABSENT = object()
+
+
+def _added_since(stored: DictConfig, key: str) -> bool:
+    """Whether `key` (group.name) is an argument of the class the checkpoint's group builds:
+    a key added to maml-cli after the checkpoint was written (task.eval_shots), which the
+    class then takes at its default."""
+    group, _, name = key.partition(".")
+    target = OmegaConf.select(stored, f"{group}._target_")
+    if target is None or "." in name:
+        return False
+    return name in inspect.signature(get_class(target)).parameters
 
 
 def _same_kind(old: Any, value: Any) -> bool:

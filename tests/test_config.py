@@ -267,6 +267,10 @@ def test_a_checkpoints_own_task_keys_are_set_onto_it_not_composed_by_hydra(monke
         monkeypatch.setattr(config, "onto_checkpoint", bad)
         with pytest.raises(UserError, match=message):
             from_checkpoint(stored, cfg, ["checkpoint=x"])
+    # A key the task's class takes that the checkpoint predates (written before it existed).
+    del stored["task"]["horizon"]
+    monkeypatch.setattr(config, "onto_checkpoint", ["task.horizon=30"])
+    assert from_checkpoint(stored, cfg, ["checkpoint=x"]).task.horizon == 30
 
 
 def documented_train_commands() -> list[str]:
