@@ -21,6 +21,8 @@ LR_MODES = ("fixed", "per_layer_step", "per_parameter")
 HEAD_INITS = ("learned", "zero")
 # (query predictions, their targets)
 Outcome = tuple[Tensor, Tensor]
+# MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
+MSL_MIN_SHARE = 0.03
 
 
 class Adapted(NamedTuple):
@@ -28,8 +30,6 @@ class Adapted(NamedTuple):
     params: Params
     query: Callable[[], Outcome]  # the query predictions with `params`, and their targets
     state: Any  # the inner optimizer's
-# MAML++: the multi-step loss never gives an intermediate step less than this share of 1/steps.
-MSL_MIN_SHARE = 0.03
 
 
 def _key(name: str) -> str:
