@@ -151,8 +151,11 @@ def build(cfg: DictConfig) -> Run:
         raise UserError("outer=trpo bounds the KL between policies: it needs an RL task "
                         "(task=navigation2d, halfcheetah_vel, halfcheetah_dir) and a MAML-based "
                         "algorithm")
+    evaluation = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
+    if not evaluation.transductive and not hasattr(algorithm, "trajectory"):
+        raise UserError("eval.transductive=false predicts each query image beside the adapted "
+                        "support set: it needs a MAML-based algorithm (one with an inner loop)")
     schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr,
                              trainer.lr_decay_every, trainer.lr_decay)
-    return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer,
-               EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True)), cfg.seed,
-               OmegaConf.to_container(cfg, resolve=True))
+    return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer, evaluation,
+               cfg.seed, OmegaConf.to_container(cfg, resolve=True))

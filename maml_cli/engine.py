@@ -157,12 +157,15 @@ class Engine:
             self._task_loss = fn
         return self._task_loss
 
-    def curves(self, params, buffers, episode: Episode, steps: int | None = None):
+    def curves(self, params, buffers, episode: Episode, steps: int | None = None,
+               transductive: bool = True):
         """The query metrics of every task of a sampled batch after 0..steps inner steps
-        (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first."""
+        (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first
+        (`transductive`: Algorithm.outcomes)."""
         steps = self.eval_steps if steps is None else steps
         return self.map_tasks(self.algorithm.adaptation_curve, params, buffers,
-                              self.collect(params, buffers, episode, steps), steps=steps)
+                              self.collect(params, buffers, episode, steps), steps=steps,
+                              transductive=transductive)
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:

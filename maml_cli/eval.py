@@ -52,7 +52,8 @@ def main(cfg: DictConfig) -> dict:
     results = by_metric[0]
     report = {
         "checkpoint": str(path), "iteration": state["iteration"], "label": label(run, path),
-        "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed, "results": results,
+        "metric": name, "split": "test", "tasks": ev.tasks, "seed": ev.seed,
+        "transductive": ev.transductive, "results": results,
         # Sampling, adaptation and metrics of every test task, over the wall time they took.
         "tasks_per_s": tasks_per_s,
     }

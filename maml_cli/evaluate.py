@@ -34,7 +34,8 @@ def adaptation_curves(run: Run, split: str, num_tasks: int, seed: int, batch_siz
     for index, start in enumerate(range(0, num_tasks, batch_size)):
         episode = run.task.sample(split, min(batch_size, num_tasks - start), generator)
         if index % group.world == group.rank:
-            curves.append((index, run.engine.curves(params, buffers, episode).cpu()))
+            curves.append((index, run.engine.curves(params, buffers, episode,
+                                                    transductive=run.eval.transductive).cpu()))
     if group.world > 1:
         curves = distributed.gather(curves)
     return torch.cat([curve for _, curve in sorted(curves, key=lambda c: c[0])]).float()

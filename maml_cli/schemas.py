@@ -281,6 +281,10 @@ class EvalConfig:
     tasks: int = 600
     seed: int = 1234
     batch_size: int = 100  # test tasks adapted at once; bounds memory
+    # false: each query image is predicted in one batch with the support images alone, not with
+    # the other queries, which a model with batch statistics (conv4, resnet12) would normalise
+    # it with: the Reptile paper's non-transductive protocol. MAML-based algorithms only.
+    transductive: bool = True
 
 
 @dataclass

@@ -91,14 +91,18 @@ class Algorithm:
         """One task: (the loss whose gradient is the task's meta-gradient, metrics)."""
         raise NotImplementedError
 
-    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y,
-                 steps: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """(query predictions, query targets) after 0, 1, ..., steps inner steps."""
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
+                 transductive: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        """(query predictions, query targets) after 0, 1, ..., steps inner steps. Transductive:
+        the query images are predicted together, so a model with batch statistics normalises
+        each with the others; else each with the support set alone (eval.transductive)."""
         raise NotImplementedError
 
-    def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+    def adaptation_curve(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
+                         transductive: bool = True):
         """One task: the query metrics after 0, 1, ..., steps inner steps, [steps + 1, metrics]."""
-        outcomes = self.outcomes(params, buffers, support_x, support_y, query_x, query_y, steps)
+        outcomes = self.outcomes(params, buffers, support_x, support_y, query_x, query_y, steps,
+                                 transductive)
         return torch.stack([torch.atleast_1d(self.metric_fn(p, y)) for p, y in outcomes])
 
     def metrics(self, before: tuple[Tensor, Tensor],
@@ -135,6 +139,7 @@ class NoInnerLoop(Algorithm):
         query = (self.scores(params, buffers, support_x, support_y, query_x), query_y)
         return self.loss_fn(*query), self.metrics(query, query)
 
-    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
+                 transductive: bool = True):
         query = (self.scores(params, buffers, support_x, support_y, query_x), query_y)
         return [query] * (steps + 1)

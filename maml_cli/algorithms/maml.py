@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 from maml_cli.algorithms.base import Algorithm, Params, body_params, split_head
 from maml_cli.errors import UserError
@@ -154,12 +154,24 @@ class MAML(Algorithm):
         return self.inner.init(fast)
 
     def trajectory(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
-                   first_order: bool) -> Iterator[Adapted]:
-        """The inner loop after 0, 1, ..., steps inner steps."""
+                   first_order: bool, transductive: bool = True) -> Iterator[Adapted]:
+        """The inner loop after 0, 1, ..., steps inner steps (`transductive`: see outcomes)."""
+
+        def alone(forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+            """forward on each query image in one batch with the support images, as
+            openai/supervised-reptile's non-transductive evaluation predicts."""
+            if transductive:
+                return forward(x)
+            return vmap(lambda one: forward(torch.cat([support, one[None]]))[-1])(x)
+
+        support = support_x
         if self.head is not None:  # ANIL: the body's features once, the head adapts on them
             body = body_params(params, self.head_prefix)
-            support_x, query_x = (functional_call(self.body, (body, buffers), (x,))
-                                  for x in (support_x, query_x))
+
+            def features(x: Tensor) -> Tensor:
+                return functional_call(self.body, (body, buffers), (x,))
+
+            support_x, query_x = features(support_x), alone(features, query_x)
         fast = {k: params[k] for k in self.adapted}
         fast |= {k: torch.zeros_like(params[k]) for k in self.zeroed}
         fixed = {k: v for k, v in params.items() if k not in fast}
@@ -176,7 +188,9 @@ class MAML(Algorithm):
 
         def query(p: Params, step: int, row: int) -> Outcome:
             x, y = data.query(step)
-            return predict(p, x, row), y
+            if self.head is not None:  # the features are per image already
+                return predict(p, x, row), y
+            return alone(lambda batch: predict(p, batch, row), x), y
 
         state = self.inner_start(fast)
         yield Adapted(fast, lambda p=fast: query(p, 0, 0), state)
@@ -214,7 +228,8 @@ class MAML(Algorithm):
                                     steps=steps)[-1].query()
         return self.objective_fn(*after), self.kl_fn(*after)
 
-    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
+    def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
+                 transductive: bool = True):
         for point in self.trajectory(params, buffers, support_x, support_y, query_x, query_y,
-                                     steps, first_order=True):
+                                     steps, first_order=True, transductive=transductive):
             yield point.query()

@@ -241,3 +241,36 @@ def test_embedding_mlp_meta_gradient_matches_unrolled_reference(strategy, first_
     """The embedding tables adapt with the rest; a code's row gets gradient only where used."""
     got, weights, case = engine_meta_gradient("embedding_mlp", strategy, first_order, steps=2)
     assert_close(got, naive_meta_gradient(weights, case, 2, first_order=first_order))
+
+
+@pytest.mark.parametrize("adapt", ["all", "head"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_non_transductive_evaluation_predicts_each_query_image_beside_the_support(strategy,
+                                                                                   adapt):
+    """eval.transductive=false: after the inner steps, each query image goes through the
+    model in one batch with the support images (conv4's batch statistics over those), as
+    openai/supervised-reptile's non-transductive evaluation does; ANIL's body too."""
+    model, loss_fn, metric_fn, episode, naive = conv4_case(3, tasks=2)
+    algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), adapt=adapt)
+    weights = [p.detach() for p in model.parameters()]
+    adapted = range(len(weights)) if adapt == "all" else range(len(weights) - 2, len(weights))
+    want = []
+    for t in range(episode.num_tasks):
+        sx, sy, qx, _ = episode[t].tensors()
+        fast = [w.clone().requires_grad_() for w in weights]
+        for _ in range(2):
+            grads = torch.autograd.grad(F.cross_entropy(naive(fast, sx), sy),
+                                        [fast[i] for i in adapted])
+            for i, g in zip(adapted, grads):
+                fast[i] = fast[i] - LR * g
+        want.append(torch.stack([naive(fast, torch.cat([sx, x[None]]))[-1] for x in qx]))
+
+    def logits(*task, transductive):
+        return list(algorithm.outcomes(*task, steps=2, transductive=transductive))[-1][0]
+
+    params = dict(zip(dict(model.named_parameters()), weights))
+    engine = Engine(algorithm, strategy)
+    got = engine.map_tasks(logits, params, {}, episode, transductive=False)
+    torch.testing.assert_close(got, torch.stack(want).detach(), rtol=1e-9, atol=1e-12)
+    together = engine.map_tasks(logits, params, {}, episode, transductive=True)
+    assert not torch.allclose(together, got)  # the queries' own statistics differ

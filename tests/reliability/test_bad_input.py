@@ -51,6 +51,12 @@ def test_more_ways_than_a_split_has_classes(tmp_path, data_env, task, ways, clas
     assert_one_line_error(proc, f"task.ways={ways} but the val split has only {classes} classes")
 
 
+def test_non_transductive_evaluation_needs_an_inner_loop(tmp_path, data_env):
+    proc = run_cli("maml-train", "task=mnist", "model=conv4", "algorithm=protonet",
+                   "eval.transductive=false", "hydra.run.dir=run", cwd=tmp_path, env=data_env)
+    assert_one_line_error(proc, "eval.transductive=false predicts each query image")
+
+
 def test_eval_needs_a_checkpoint_that_exists(tmp_path):
     cases = [
         ([], "checkpoint=<checkpoint file or run dir> is required"),
