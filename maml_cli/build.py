@@ -153,8 +153,9 @@ def build(cfg: DictConfig) -> Run:
                         "algorithm")
     evaluation = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     if not evaluation.transductive and not hasattr(algorithm, "trajectory"):
-        raise UserError("eval.transductive=false predicts each query image beside the adapted "
-                        "support set: it needs a MAML-based algorithm (one with an inner loop)")
+        raise UserError("eval.transductive=false predicts each query image in one batch with "
+                        "the support images: it needs a MAML-based algorithm (one with an inner "
+                        "loop)")
     schedule = OuterSchedule(optimizer, trainer.lr_schedule, trainer.iterations, trainer.min_lr,
                              trainer.lr_decay_every, trainer.lr_decay)
     return Run(device, task, model, algorithm, engine, optimizer, schedule, trainer, evaluation,
