@@ -40,7 +40,8 @@ class Reptile(MAML):
                                 "and this one has none: use inner=adam")
             for i, leaf in enumerate(leaves):
                 # A tensor step count, unlike a fresh state's number, so that a compiled
-                # task_loss does not recompile as it grows.
+                # task_loss does not recompile as it grows; a copy each, since a fresh
+                # state's moments share their zeros.
                 value = torch.as_tensor(leaf, dtype=fast[self.adapted[0]].dtype,
                                         device=fast[self.adapted[0]].device)
                 self.kept_names.append(f"inner_state:{i}")

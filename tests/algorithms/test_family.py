@@ -165,18 +165,23 @@ def test_derivative_order_annealing_switches_from_first_to_second_order(strategy
         assert_close(engine_grads(weights), want)
 
 
-def naive_reptile_targets(model, episode, make_optimizer, steps, batch=None):
+def reference_adapt(model, optimizer, sx, sy, steps, batch):
+    """openai/supervised-reptile's inner loop: `optimizer`, one torch.optim.Adam, keeps its
+    moments and step count from call to call; only the weights are set by the caller."""
+    for step in range(steps):
+        index = (torch.arange(batch) + step * batch) % len(sx)
+        optimizer.zero_grad()
+        F.mse_loss(model(sx[index]), sy[index]).backward()
+        optimizer.step()
+
+
+def naive_reptile_targets(model, episode, make_optimizer, steps, batch):
     """Each task's adapted weights, by torch.optim on a deep copy of the model."""
     adapted = []
     for t in range(episode.num_tasks):
         clone = copy.deepcopy(model)
-        optimizer = make_optimizer(clone.parameters())
-        sx, sy = episode.support_x[t], episode.support_y[t]
-        for step in range(steps):
-            index = (torch.arange(batch or len(sx)) + step * (batch or 0)) % len(sx)
-            optimizer.zero_grad()
-            F.mse_loss(clone(sx[index]), sy[index]).backward()
-            optimizer.step()
+        reference_adapt(clone, make_optimizer(clone.parameters()), episode.support_x[t],
+                        episode.support_y[t], steps, batch)
         adapted.append([p.detach() for p in clone.parameters()])
     return [torch.stack(ps).mean(0) for ps in zip(*adapted)]
 
@@ -199,16 +204,6 @@ def test_reptile_meta_step_is_the_interpolation_towards_the_adapted_weights(stra
     optimizer.step()
     want = [t + epsilon * (f - t) for t, f in zip(theta, phi)]
     assert_close(list(model.parameters()), want, rtol=1e-9)
-
-
-def reference_adapt(model, optimizer, sx, sy, steps, batch):
-    """openai/supervised-reptile's inner loop: `optimizer`, one torch.optim.Adam, keeps its
-    moments and step count from call to call; only the weights are set by the caller."""
-    for step in range(steps):
-        index = (torch.arange(batch) + step * batch) % len(sx)
-        optimizer.zero_grad()
-        F.mse_loss(model(sx[index]), sy[index]).backward()
-        optimizer.step()
 
 
 @STRATEGY
