@@ -28,7 +28,7 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-## bench: maml-cli's engine against higher and a naive loop, every algorithm's speed, the trainer's overhead and the RL phases (docs/performance.md), ~27 min on 2 cores
+## bench: maml-cli's engine against higher and a naive loop, every algorithm's speed, the trainer's overhead, evaluation and the RL phases (docs/performance.md), ~33 min on 2 cores (27 before the evaluation rows, which took 6 on one thread)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --out benchmarks/results/latest.json $(ARGS)
 

@@ -7,7 +7,7 @@ distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU
 the resident set of a fresh process running one meta-iteration.
 
     python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3,W4,W5] [--compile W1,W2]
-                               [--out results.json]
+                               [--eval E1,E2,...] [--out results.json]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Workload:
     # Iterations of the run it stands for (its preset's), from which trainer.compile=auto
     # chooses on the CPU: the default run's 15,000, or the paper presets' 40,000-60,000.
     run_iterations: int = 15000
+    eval_steps: int = 10  # the E rows' inner steps (the presets' eval_steps)
 
     def model(self) -> torch.nn.Module:
         if not self.ways:
@@ -113,8 +114,28 @@ WORKLOADS = {
     # convolutions run at 4x the stride-2 net's resolution.
     "W5": Workload("W2 with 2x2 max-pooling instead of stride-2 convolutions", 32, 1, 0.4,
                    ways=5, shots=1, queries=15, backbone="conv4_maxpool", run_iterations=60000),
+    # Not in the default run: the Omniglot 5-way 1-shot preset's own meta-batch (the reference
+    # code's 1 query per class), tiny tasks where eager vmap gains on the loop.
+    "W6": Workload("W2 with 1 query/class (the omniglot_5w1s preset's training)", 32, 1, 0.4,
+                   ways=5, shots=1, queries=1, run_iterations=40000),
 }
 DEFAULT_WORKLOADS = "W1,W2,W3,W5"
+# Evaluation (maml-eval's and validation's adaptation curves): the presets' test tasks, where
+# `queries` is per class at test, and steps around EVAL_VMAP_MAX_FLOP. 50 tasks each.
+EVAL_WORKLOADS = {
+    "E1": Workload("sinusoid MLP, 10+10 points", 50, 1, 0.01),
+    "E2": Workload("Omniglot 5-way 1-shot conv4, 1 query/class (the Omniglot presets' test)",
+                   50, 1, 0.4, ways=5, shots=1, queries=1),
+    "E3": Workload("E2 with 2 queries/class", 50, 1, 0.4, ways=5, shots=1, queries=2),
+    "E4": Workload("5-way 1-shot conv4, 5 queries/class (the MNIST preset's test)", 50, 1, 0.4,
+                   ways=5, shots=1, queries=5),
+    "E5": Workload("Omniglot 5-way 5-shot conv4, 5 queries/class", 50, 1, 0.4, ways=5,
+                   shots=5, queries=5),
+    "E6": Workload("Omniglot 20-way 1-shot conv4, 1 query/class", 50, 5, 0.1, ways=20, shots=1,
+                   queries=1),
+    "E7": Workload("E2 with W5's max-pooling conv4", 50, 1, 0.4, ways=5, shots=1, queries=1,
+                   backbone="conv4_maxpool"),
+}
 
 
 # Each implementation leaves the meta-gradient (mean query loss over tasks) in .grad.
@@ -374,6 +395,37 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
             "rows": rows}
 
 
+def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
+    """Tasks adapted and scored per second by Engine.curves (eval_steps inner steps, no
+    meta-gradient) under each strategy, timed alternately; the default is what engine=auto
+    chooses from the task's larger forward's FLOPs, which the result also gives."""
+    generator = torch.Generator(device).manual_seed(0)
+    torch.manual_seed(0)
+    model, ep = w.model().to(device), w.episode(device, generator)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    algorithm = MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps, eval_steps=w.eval_steps))
+    runs = {f"maml-cli {strategy}": torch.no_grad()(
+        partial(Engine(algorithm, strategy).curves, params, buffers, ep))
+        for strategy in STRATEGIES}
+    for run in runs.values():
+        run()  # warm-up
+    times = alternate(runs, w.repeats, device)
+    auto = Engine(algorithm, eval_strategy="auto")
+    default = f"maml-cli {auto.evaluation_strategy(params, buffers, ep)}"
+    rows = {}
+    for label, t in times.items():
+        ms = 1000 * statistics.median(t)
+        rows[f"{label} (= default)" if label == default else label] = {
+            "ms": ms, "tasks_per_s": 1000 * w.tasks / ms}
+    loop_ms = next(row["ms"] for label, row in rows.items() if label.startswith("maml-cli loop"))
+    for row in rows.values():
+        row["x_loop"] = loop_ms / row["ms"]
+    return {"workload": name, "description": f"{w.description}, {w.eval_steps} steps, "
+            f"{w.tasks} tasks", "task_mflop": auto.task_flop(params, buffers, ep) / 1e6,
+            "rows": rows}
+
+
 RL_DESCRIPTION = ("one meta-iteration of the 2D-navigation preset by phase (second-order MAML, "
                   "20 goals x 20 rollouts x 100 steps, TRPO)")
 
@@ -514,6 +566,19 @@ def show_trainer(results: list[dict]) -> None:
             f"overhead {r['overhead']:.0%}")
 
 
+def show_eval(results: list[dict]) -> None:
+    console = Console(width=150)
+    for r in results:
+        table = Table(title=f"{r['workload']} evaluation: {r['description']} (a task's larger "
+                            f"forward {r['task_mflop']:.3g} MFLOP)", title_justify="left")
+        for column in ("strategy", "ms", "tasks/s", "x loop"):
+            table.add_column(column, justify="left" if column == "strategy" else "right")
+        for label, row in r["rows"].items():
+            table.add_row(label, f"{row['ms']:.0f}", f"{row['tasks_per_s']:.1f}",
+                          f"{row['x_loop']:.2f}")
+        console.print(table)
+
+
 def show_rl(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
@@ -559,6 +624,16 @@ def markdown(data: dict) -> str:
                   "| the trainer, ms/iteration | the engine's step, ms | trainer overhead |",
                   "|---|---|---|",
                   f"| {r['trainer_ms']:.2f} | {r['engine_ms']:.2f} | {r['overhead']:.0%} |", ""]
+    if data.get("eval"):
+        lines += ["| evaluation | a task's larger forward, MFLOP | loop, tasks/s | vmap, tasks/s "
+                  "| default | default x loop |", "|---|---|---|---|---|---|"]
+        for r in data["eval"]:
+            rate = {label.split()[1]: row["tasks_per_s"] for label, row in r["rows"].items()}
+            default = next(label for label in r["rows"] if label.endswith("(= default)"))
+            lines.append(f"| {r['workload']}: {r['description']} | {r['task_mflop']:.3g} "
+                         f"| {rate['loop']:.1f} | {rate['vmap']:.1f} | {default.split()[1]} "
+                         f"| {r['rows'][default]['x_loop']:.2f} |")
+        lines.append("")
     for r in data.get("rl", []):
         lines += [f"**{r['workload']}**: {r['description']} (`engine=auto`: {r['engine']}); "
                   f"lock-step collection {r['x_lock_step']:.2f}x one task at a time", "",
@@ -580,6 +655,9 @@ def main() -> None:
                         help="time the default run through the whole trainer (T1)")
     parser.add_argument("--trainer-iterations", type=int, default=15000,
                         help="T1's run length (default: the default run's 15,000)")
+    parser.add_argument("--eval", default=",".join(EVAL_WORKLOADS),
+                        help=f"evaluation workloads to time under each strategy, of "
+                             f"{', '.join(EVAL_WORKLOADS)} ('' for none)")
     parser.add_argument("--rl", action=argparse.BooleanOptionalAction, default=True,
                         help="time the 2D-navigation meta-iteration by phase (R1)")
     parser.add_argument("--compile", default=None,
@@ -607,16 +685,20 @@ def main() -> None:
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
     trainer = [bench_trainer(device, args.trainer_iterations)] if args.trainer else []
+    evaluation = [bench_eval(name, EVAL_WORKLOADS[name], device)
+                  for name in args.eval.split(",") if name]
     rl = [bench_rl(device)] if args.rl else []
     info = machine(device)
     show(results, info, device)
     show_algorithms(algorithms)
     show_trainer(trainer)
+    show_eval(evaluation)
     show_rl(rl)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": str(device), "machine": info, "results": results,
-                       "algorithms": algorithms, "trainer": trainer, "rl": rl}, f, indent=1)
+                       "algorithms": algorithms, "trainer": trainer, "eval": evaluation,
+                       "rl": rl}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ step() {
 for mode in "${modes[@]}"; do
     export TORCHINDUCTOR_CUDAGRAPHS=$([ "$mode" = graphs ] && echo 1 || echo 0)
     step "bench-$mode" python3 benchmarks/bench.py --device "$DEVICE" \
-        --workloads "${WORKLOADS-W2}" --orders second --algorithms '' --no-rl \
+        --workloads "${WORKLOADS-W2}" --orders second --algorithms '' --eval '' --no-rl \
         --trainer-iterations "${T1_ITERATIONS:-5000}" --out "$runs/bench-$mode.json"
     step "sinusoid-$mode" maml-train task=sinusoid "device=$DEVICE" \
         "trainer.iterations=${SINUSOID_ITERATIONS:-3000}" "hydra.run.dir=$runs/sinusoid-$mode" \

@@ -141,7 +141,7 @@ def build(cfg: DictConfig) -> Run:
     )
     # Eager until the trainer settles trainer.compile (evaluation never compiles).
     engine = Engine(algorithm, choose_strategy(cfg.engine, model, device), amp=cfg.trainer.amp,
-                    task=task)
+                    task=task, eval_strategy=cfg.engine)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,

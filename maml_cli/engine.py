@@ -3,8 +3,10 @@
 `vmap` runs all tasks as one batched computation (torch.func.vmap); `loop` runs them one after
 another. `auto` picks from what benchmarks/bench.py measured (docs/performance.md): vmap on CUDA
 (conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
-sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap is 3-5x slower, and
-for RL policies on CPU (R1: the loop 1.2x vmap on the 2D-navigation meta-update). Models
+sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap's convolutions with
+per-task weights are slower per FLOP, except in evaluation for tasks small enough that the
+loop's per-operator overhead dominates; the loop for RL policies on CPU (R1: the loop 1.2x vmap
+on the 2D-navigation meta-update). Models
 with torch's own batch norm always get the loop, and engine=vmap refuses them: its second-order
 gradients under vmap are wrong (conv4's hand-written batch norm is exact under both). Either
 strategy can be compiled (trainer.compile). An RL task's batch is collected first (collect()):
@@ -13,12 +15,14 @@ from then on it is data like any other, under either strategy."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import nn
 from torch.func import vmap
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
@@ -31,7 +35,18 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
-def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
+# Evaluation (no meta-gradient, never compiled) of a conv net on the CPU runs under vmap when a
+# task's larger forward (its support or its query batch) takes at most this many FLOPs: there
+# the loop's per-operator overhead costs more than vmap's grouped convolutions (bench.py's E
+# rows, one thread: vmap 1.7x the loop at 27 MFLOP, 5 images of Omniglot's conv4, 1.5x at 53;
+# 0.6-0.86x at 98-133).
+EVAL_VMAP_MAX_FLOP = 6e7
+
+
+def choose_strategy(name: str, model: nn.Module, device: torch.device,
+                    task_flop: Callable[[], float] | None = None) -> str:
+    """engine=`name` for `model` on `device`. `task_flop`, given for evaluation: the FLOPs of a
+    task's larger forward, called only where the choice depends on it (EVAL_VMAP_MAX_FLOP)."""
     torch_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
     if name == "vmap" and torch_batch_norm:
         raise UserError("engine=vmap gives wrong second-order gradients through torch's "
@@ -42,10 +57,13 @@ def choose_strategy(name: str, model: nn.Module, device: torch.device) -> str:
         return "loop"
     if device.type == "cuda":
         return "vmap"
-    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     # A policy's tasks are thousands of rollout steps each: compute-bound, where vmap only adds
     # its own overhead (the 2D-navigation meta-update, R1: the loop 1.2x vmap).
-    return "loop" if convolutional or getattr(model, "is_policy", False) else "vmap"
+    if getattr(model, "is_policy", False):
+        return "loop"
+    if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        return "vmap"
+    return "vmap" if task_flop is not None and task_flop() <= EVAL_VMAP_MAX_FLOP else "loop"
 
 
 def _task_mean(outputs: dict) -> dict:
@@ -92,11 +110,15 @@ class Engine:
     `compile`: torch.compile the meta-batch's forward (the vmapped tasks, or one task of the
     loop), inner gradients included; autograd's backward runs through the compiled graph.
     `amp`: run that forward under torch.autocast in this dtype (None: float32).
-    `task`: the task family, for RL tasks, whose batches collect() turns into rollouts."""
+    `task`: the task family, for RL tasks, whose batches collect() turns into rollouts.
+    `eval_strategy`: curves()' strategy, or "auto" to choose it for each batch from its tasks'
+    size (choose_strategy); None: `strategy`."""
 
     def __init__(self, algorithm, strategy: str = "loop", compile: bool = False,
-                 amp: str | None = None, task: TaskFamily | None = None):
+                 amp: str | None = None, task: TaskFamily | None = None,
+                 eval_strategy: str | None = None):
         self.algorithm, self.strategy, self.compile, self.task = algorithm, strategy, compile, task
+        self.eval_strategy = strategy if eval_strategy is None else eval_strategy
         self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
         self._task_loss = None  # made once (compiling is slow) by _mapped_task_loss
@@ -130,11 +152,13 @@ class Engine:
                 {k: v[tasks] for k, v in fast.items()}, x), data)
         return data
 
-    def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
+    def map_tasks(self, fn, params, buffers, episode: Episode, strategy: str | None = None,
+                  **kwargs):
         """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
-        outputs stacked along a new leading task dimension."""
+        outputs stacked along a new leading task dimension (under `strategy`, default the
+        engine's)."""
         fn = partial(fn, **kwargs)
-        if self.strategy == "vmap":
+        if (strategy or self.strategy) == "vmap":
             return vmap(fn, in_dims=TASK_DIMS)(params, buffers, *episode.tensors())
         tasks = range(episode.num_tasks)
         return _stack([fn(params, buffers, *episode[t].tensors()) for t in tasks])
@@ -163,9 +187,28 @@ class Engine:
         (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first
         (`transductive`: Algorithm.outcomes)."""
         steps = self.eval_steps if steps is None else steps
-        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers,
-                              self.collect(params, buffers, episode, steps), steps=steps,
+        episode = self.collect(params, buffers, episode, steps)
+        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers, episode,
+                              self.evaluation_strategy(params, buffers, episode), steps=steps,
                               transductive=transductive)
+
+    def evaluation_strategy(self, params, buffers, episode: Episode) -> str:
+        """The strategy curves() evaluates `episode` with."""
+        if self.eval_strategy != "auto":
+            return self.eval_strategy
+        return choose_strategy("auto", self.algorithm.model, episode.support_x.device,
+                               partial(self.task_flop, params, buffers, episode))
+
+    @torch.no_grad()
+    def task_flop(self, params, buffers, episode: Episode) -> int:
+        """The FLOPs of the model's forward on the first task's support or query batch, the
+        larger."""
+        task, flops = episode[0], []
+        for x in (task.support_x, task.query_x):
+            with FlopCounterMode(display=False) as counter:
+                self.algorithm.forward(params, buffers, x)
+            flops.append(counter.get_total_flops())
+        return max(flops)
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:

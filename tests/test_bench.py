@@ -2,6 +2,7 @@
 higher, the naive loop) computes the same meta-gradient, and the report has every column; the
 GPU speed script runs through on the CPU."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maml_cli.engine import EVAL_VMAP_MAX_FLOP
 from tests.helpers import BIN, HANG_GUARD_S
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -75,6 +77,22 @@ def test_the_trainer_report_times_the_engine_inside_the_whole_trainer(tmp_path, 
                                                               "trainer": [result]})
 
 
+def test_the_eval_report_times_both_strategies_and_marks_autos_choice():
+    tiny = bench.Workload("tiny conv4", tasks=2, steps=1, lr=0.1, ways=3, shots=1, queries=1,
+                          repeats=1, eval_steps=2)
+    for workload, default in ((tiny, "maml-cli vmap"), (SMALL, "maml-cli vmap")):
+        result = bench.bench_eval("E", workload, torch.device("cpu"))
+        assert set(result["rows"]) == {"maml-cli loop", f"{default} (= default)"}
+        assert all(row["tasks_per_s"] > 0 for row in result["rows"].values())
+        assert result["rows"]["maml-cli loop"]["x_loop"] == 1 and result["task_mflop"] > 0
+    large = dataclasses.replace(tiny, queries=20)  # 60 query images: over the limit
+    result = bench.bench_eval("E", large, torch.device("cpu"))
+    assert "maml-cli loop (= default)" in result["rows"]
+    assert result["task_mflop"] * 1e6 > EVAL_VMAP_MAX_FLOP
+    table = bench.markdown({"results": [], "eval": [result]})
+    assert "| E: tiny conv4, 2 steps, 2 tasks |" in table and "| loop | 1.00 |" in table
+
+
 def test_the_default_row_is_what_compile_auto_chooses_for_the_runs_length():
     model, cpu = SMALL.model(), torch.device("cpu")
     rows = {label: {"ms": 1.0} for label in ("naive loop", "maml-cli vmap",
@@ -127,3 +145,14 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
     assert {f"{runs}/bench-graphs.json", f"{runs}/omniglot-graphs.log",
             f"{runs}/sinusoid-graphs/metrics.json", f"{runs}/omniglot-graphs/config.yaml"} <= names
     assert any(n.startswith(f"{runs}/sinusoid-graphs/tb/events.") for n in names), names
+
+
+def test_w6_is_the_omniglot_5w1s_presets_meta_batch_and_only_on_request():
+    bench.register_configs()
+    with bench.initialize_config_dir(bench.config_dir(), version_base="1.3"):
+        cfg = bench.compose("train", overrides=["+experiment=omniglot_5w1s"])
+    w6 = bench.WORKLOADS["W6"]
+    assert (w6.tasks, w6.ways, w6.shots, w6.queries, w6.steps, w6.lr, w6.run_iterations) == (
+        cfg.trainer.meta_batch_size, cfg.task.ways, cfg.task.shots, cfg.task.queries,
+        cfg.inner.steps, cfg.inner.lr, cfg.trainer.iterations)
+    assert "W6" not in bench.DEFAULT_WORKLOADS

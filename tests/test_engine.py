@@ -12,6 +12,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
 from maml_cli.engine import (
     CPU_COMPILE_AFTER_S,
+    EVAL_VMAP_MAX_FLOP,
     STRATEGIES,
     Engine,
     choose_compile,
@@ -35,6 +36,39 @@ def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
     with pytest.raises(UserError, match="engine=vmap gives wrong second-order gradients"):
         choose_strategy("vmap", torch_bn, cpu)
     assert choose_strategy("loop", mlp, cuda) == "loop"
+
+
+def test_auto_evaluates_a_conv_net_on_the_cpu_under_vmap_only_for_small_tasks():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mlp, conv = MLP((1,), 1), Conv4((1, 28, 28), 5)
+    small, large = (lambda: EVAL_VMAP_MAX_FLOP), (lambda: EVAL_VMAP_MAX_FLOP + 1)
+    assert choose_strategy("auto", conv, cpu, small) == "vmap"
+    assert choose_strategy("auto", conv, cpu, large) == "loop"
+    assert choose_strategy("auto", conv, cuda, large) == "vmap"
+    assert choose_strategy("auto", mlp, cpu, large) == "vmap"
+    assert choose_strategy("loop", conv, cpu, small) == "loop"
+
+
+@pytest.mark.parametrize("queries, chosen", [(1, "vmap"), (15, "loop")])
+def test_the_evaluation_strategy_comes_from_a_tasks_flops_and_gives_the_loops_curves(queries,
+                                                                                   chosen):
+    """Omniglot 5-way 1-shot on the paper's conv4: 5 query images per task (the presets' test)
+    are under the limit, 75 (15 per class) over it; either way the curves are the loop's."""
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5)
+    labels = torch.arange(5)
+    episode = Episode(torch.rand(3, 5, 1, 28, 28), labels.expand(3, 5),
+                      torch.rand(3, 5 * queries, 1, 28, 28),
+                      labels.repeat_interleave(queries).expand(3, 5 * queries))
+    algorithm = MAML(model, F.cross_entropy, F.cross_entropy, SGD(0.4, eval_steps=2))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    auto = Engine(algorithm, "loop", eval_strategy="auto")
+    assert auto.evaluation_strategy(params, {}, episode) == chosen
+    assert Engine(algorithm, "loop").evaluation_strategy(params, {}, episode) == "loop"
+    with torch.no_grad():
+        torch.testing.assert_close(auto.curves(params, {}, episode),
+                                   Engine(algorithm, "loop").curves(params, {}, episode),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_torchs_batchnorm_without_running_stats_gets_the_exact_meta_gradient_in_the_loop():
