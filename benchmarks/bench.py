@@ -189,7 +189,7 @@ class MamlCli:
 
 def implementations(model, device, compile: bool = False) -> dict:
     """Label -> implementation; with `compile`, also the auto strategy under trainer.compile."""
-    auto = choose_strategy("auto", model, device)
+    auto = choose_strategy("auto", model, device)  # compiled: whatever a task's size
     variants = [(s, False) for s in STRATEGIES] + ([(auto, True)] if compile else [])
     impls = {"naive loop": naive_loop, "higher": with_higher}
     for strategy, compiled in variants:
@@ -198,17 +198,24 @@ def implementations(model, device, compile: bool = False) -> dict:
     return impls
 
 
-def mark_default(rows: dict, w: Workload, model, device) -> dict:
+def auto_strategy(w: Workload, model, ep: Episode, compiled: bool = False) -> str:
+    """What engine=auto runs the workload's meta-batch under, `compiled` or not."""
+    engine = Engine(MAML(model, w.loss, w.loss, SGD(w.lr, steps=w.steps)), "auto")
+    return engine.strategy_for(dict(model.named_parameters()), dict(model.named_buffers()), ep,
+                               compiled)
+
+
+def mark_default(rows: dict, w: Workload, model, ep: Episode, device) -> dict:
     """The rows with "(= default)" on what the trainer runs with its defaults (engine=auto,
     trainer.compile=auto) for a run of the workload's length; on the CPU, auto chooses from the
     eager step's time, as the trainer does from its first iterations. Unmarked when that is a
     compiled row this run did not time."""
-    eager = f"maml-cli {choose_strategy('auto', model, device)}"
+    eager = f"maml-cli {auto_strategy(w, model, ep)}"
     compiled = choose_compile("auto", device)
     if compiled is None:
         compiled = choose_compile("auto", device,
                                   eager_s_left=rows[eager]["ms"] / 1000 * w.run_iterations)
-    default = eager + (" + compile" if compiled else "")
+    default = f"maml-cli {auto_strategy(w, model, ep, True)} + compile" if compiled else eager
     return {f"{label} (= default)" if label == default else label: row
             for label, row in rows.items()}
 
@@ -339,7 +346,7 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool,
     for row in rows.values():
         row["x_naive"] = rows["naive loop"]["ms"] / row["ms"]
         row["x_higher"] = rows["higher"]["ms"] / row["ms"]
-    rows = mark_default(rows, w, model, device)
+    rows = mark_default(rows, w, model, ep, device)
     result = {"workload": name, "description": w.description,
               "order": "first" if first_order else "second", "rows": rows}
     if w.ways and not first_order:
@@ -368,7 +375,6 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
     torch.manual_seed(0)
     model, ep = w.model().to(device), w.episode(device, generator)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    strategy = choose_strategy("auto", model, device)
     runs = {}
     for label, (cls, options) in ALGORITHMS.items():
         if cls is ProtoNet and not w.ways:
@@ -377,7 +383,7 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
         algorithm = cls(model, w.loss, w.loss, SGD(w.lr, steps=w.steps), **options)
         algorithm.start_iteration(1)
         weights = [*params.values(), *algorithm.learned.parameters()]
-        engine = Engine(algorithm, strategy)
+        engine = Engine(algorithm, "auto")
 
         def step(engine=engine, weights=weights):
             for p in weights:
@@ -391,8 +397,8 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
     for row in rows.values():
         row["it_per_s"] = 1000 / row["ms"]
         row["x_maml"] = rows["maml"]["ms"] / row["ms"]
-    return {"workload": name, "description": w.description, "engine": strategy,
-            "rows": rows}
+    return {"workload": name, "description": w.description,
+            "engine": auto_strategy(w, model, ep), "rows": rows}
 
 
 def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
@@ -411,8 +417,7 @@ def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
     for run in runs.values():
         run()  # warm-up
     times = alternate(runs, w.repeats, device)
-    auto = Engine(algorithm, eval_strategy="auto")
-    default = f"maml-cli {auto.evaluation_strategy(params, buffers, ep)}"
+    default = f"maml-cli {auto_strategy(w, model, ep)}"
     rows = {}
     for label, t in times.items():
         ms = 1000 * statistics.median(t)
@@ -422,7 +427,8 @@ def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
     for row in rows.values():
         row["x_loop"] = loop_ms / row["ms"]
     return {"workload": name, "description": f"{w.description}, {w.eval_steps} steps, "
-            f"{w.tasks} tasks", "task_mflop": auto.task_flop(params, buffers, ep) / 1e6,
+            f"{w.tasks} tasks",
+            "task_mflop": Engine(algorithm).task_flop(params, buffers, ep) / 1e6,
             "rows": rows}
 
 
@@ -504,7 +510,8 @@ def bench_trainer(device: torch.device, iterations: int = 15000) -> dict:
     shutil.rmtree(trainer.run_dir)
     engine_ms = 1000 * sum(inside) / iterations
     return {"workload": "T1", "description": f"the default run (sinusoid, {iterations} "
-            "iterations, validation every 1000) through the trainer", "engine": run.engine.strategy,
+            "iterations, validation every 1000) through the trainer",
+            "engine": choose_strategy(run.engine.strategy, run.model, device),
             "engine_ms": engine_ms, "trainer_ms": trainer_ms,
             "overhead": trainer_ms / engine_ms - 1}
 

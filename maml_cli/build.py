@@ -17,7 +17,7 @@ from torch import nn
 
 from maml_cli.algorithms.base import Algorithm
 from maml_cli.device import resolve_device
-from maml_cli.engine import Engine, choose_strategy
+from maml_cli.engine import Engine
 from maml_cli.errors import UserError
 from maml_cli.schemas import SCHEMAS, EvalConfig, ImageTaskConfig, TrainerConfig
 from maml_cli.tasks.base import DataPlace, TaskFamily
@@ -140,8 +140,7 @@ def build(cfg: DictConfig) -> Run:
         data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )
     # Eager until the trainer settles trainer.compile (evaluation never compiles).
-    engine = Engine(algorithm, choose_strategy(cfg.engine, model, device), amp=cfg.trainer.amp,
-                    task=task, eval_strategy=cfg.engine)
+    engine = Engine(algorithm, cfg.engine, amp=cfg.trainer.amp, task=task)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,

@@ -4,9 +4,9 @@
 another. `auto` picks from what benchmarks/bench.py measured (docs/performance.md): vmap on CUDA
 (conv4 Omniglot: 20x the loop on an H100) and for models without convolutions on CPU (the
 sinusoid MLP: about 10x the loop); the loop for conv nets on CPU, where vmap's convolutions with
-per-task weights are slower per FLOP, except in evaluation for tasks small enough that the
-loop's per-operator overhead dominates; the loop for RL policies on CPU (R1: the loop 1.2x vmap
-on the 2D-navigation meta-update). Models
+per-task weights are slower per FLOP, except uncompiled (evaluation, short runs) on tasks small
+enough that the loop's per-operator overhead dominates; the loop for RL policies on CPU (R1: the
+loop 1.2x vmap on the 2D-navigation meta-update). Models
 with torch's own batch norm always get the loop, and engine=vmap refuses them: its second-order
 gradients under vmap are wrong (conv4's hand-written batch norm is exact under both). Either
 strategy can be compiled (trainer.compile). An RL task's batch is collected first (collect()):
@@ -35,25 +35,33 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
-# Evaluation (no meta-gradient, never compiled) of a conv net on the CPU runs under vmap when a
-# task's larger forward (its support or its query batch) takes at most this many FLOPs: there
-# the loop's per-operator overhead costs more than vmap's grouped convolutions (bench.py's E
-# rows, one thread: vmap 1.7x the loop at 27 MFLOP, 5 images of Omniglot's conv4, 1.5x at 53;
-# 0.6-0.86x at 98-133).
-EVAL_VMAP_MAX_FLOP = 6e7
+# Uncompiled, a conv net on the CPU runs under vmap when a task's larger forward (its support or
+# its query batch) takes at most this many FLOPs: there the loop's per-operator overhead costs
+# more than vmap's grouped convolutions. bench.py, one thread: in evaluation (E rows) vmap is
+# 1.7x the loop at 27 MFLOP (5 images of Omniglot's conv4), 1.5x at 53, 0.6-0.86x at 98-133; in
+# second-order training 1.35x at 27 (W6). Compiled, the loop is faster at every size measured.
+EAGER_VMAP_MAX_FLOP = 6e7
+
+
+def _torch_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+
+
+def check_strategy(name: str, model: nn.Module) -> None:
+    if name == "vmap" and _torch_batch_norm(model):
+        raise UserError("engine=vmap gives wrong second-order gradients through torch's "
+                        "nn.BatchNorm (pytorch/functorch#534); use engine=loop or auto")
 
 
 def choose_strategy(name: str, model: nn.Module, device: torch.device,
                     task_flop: Callable[[], float] | None = None) -> str:
-    """engine=`name` for `model` on `device`. `task_flop`, given for evaluation: the FLOPs of a
-    task's larger forward, called only where the choice depends on it (EVAL_VMAP_MAX_FLOP)."""
-    torch_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
-    if name == "vmap" and torch_batch_norm:
-        raise UserError("engine=vmap gives wrong second-order gradients through torch's "
-                        "nn.BatchNorm (pytorch/functorch#534); use engine=loop or auto")
+    """engine=`name` for `model` on `device`. `task_flop`, given where the meta-batch runs
+    uncompiled: the FLOPs of a task's larger forward, called only where the choice depends on
+    it (EAGER_VMAP_MAX_FLOP)."""
+    check_strategy(name, model)
     if name != "auto":
         return name
-    if torch_batch_norm:
+    if _torch_batch_norm(model):
         return "loop"
     if device.type == "cuda":
         return "vmap"
@@ -63,7 +71,7 @@ def choose_strategy(name: str, model: nn.Module, device: torch.device,
         return "loop"
     if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "vmap"
-    return "vmap" if task_flop is not None and task_flop() <= EVAL_VMAP_MAX_FLOP else "loop"
+    return "vmap" if task_flop is not None and task_flop() <= EAGER_VMAP_MAX_FLOP else "loop"
 
 
 def _task_mean(outputs: dict) -> dict:
@@ -111,17 +119,16 @@ class Engine:
     loop), inner gradients included; autograd's backward runs through the compiled graph.
     `amp`: run that forward under torch.autocast in this dtype (None: float32).
     `task`: the task family, for RL tasks, whose batches collect() turns into rollouts.
-    `eval_strategy`: curves()' strategy, or "auto" to choose it for each batch from its tasks'
-    size (choose_strategy); None: `strategy`."""
+    `strategy`: vmap, loop, or auto: chosen for each meta-batch (strategy_for)."""
 
     def __init__(self, algorithm, strategy: str = "loop", compile: bool = False,
-                 amp: str | None = None, task: TaskFamily | None = None,
-                 eval_strategy: str | None = None):
+                 amp: str | None = None, task: TaskFamily | None = None):
+        check_strategy(strategy, algorithm.model)
         self.algorithm, self.strategy, self.compile, self.task = algorithm, strategy, compile, task
-        self.eval_strategy = strategy if eval_strategy is None else eval_strategy
         self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
-        self._task_loss = None  # made once (compiling is slow) by _mapped_task_loss
+        self._chosen = {}  # strategy_for's choices, by the tasks' shapes
+        self._task_loss = None  # (strategy, fn): made once (compiling is slow) by _mapped_task_loss
 
     def set_compile(self, compile: bool) -> None:
         """Compile (or not) from the next meta-batch on: trainer.compile=auto's late choice."""
@@ -152,52 +159,14 @@ class Engine:
                 {k: v[tasks] for k, v in fast.items()}, x), data)
         return data
 
-    def map_tasks(self, fn, params, buffers, episode: Episode, strategy: str | None = None,
-                  **kwargs):
-        """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
-        outputs stacked along a new leading task dimension (under `strategy`, default the
-        engine's)."""
-        fn = partial(fn, **kwargs)
-        if (strategy or self.strategy) == "vmap":
-            return vmap(fn, in_dims=TASK_DIMS)(params, buffers, *episode.tensors())
-        tasks = range(episode.num_tasks)
-        return _stack([fn(params, buffers, *episode[t].tensors()) for t in tasks])
-
-    def _mapped_task_loss(self):
-        """algorithm.task_loss, over every task at once (vmap) or for one (loop), compiled
-        when asked."""
-        if self._task_loss is None:
-            fn = self.algorithm.task_loss
-            if self.strategy == "vmap":
-                fn = vmap(fn, in_dims=TASK_DIMS)
-            if self.compile:
-                logging.getLogger("maml_cli").info(
-                    "trainer.compile: the first meta-batch compiles (30 s to minutes); "
-                    "trainer.compile=false skips that")
-                # A CUDA build of torch compiling for the CPU warns that there is no CUDA
-                # runtime, on stderr, on every run: true, and nothing to act on.
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-                fn = torch.compile(fn)
-            self._task_loss = fn
-        return self._task_loss
-
-    def curves(self, params, buffers, episode: Episode, steps: int | None = None,
-               transductive: bool = True):
-        """The query metrics of every task of a sampled batch after 0..steps inner steps
-        (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first
-        (`transductive`: Algorithm.outcomes)."""
-        steps = self.eval_steps if steps is None else steps
-        episode = self.collect(params, buffers, episode, steps)
-        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers, episode,
-                              self.evaluation_strategy(params, buffers, episode), steps=steps,
-                              transductive=transductive)
-
-    def evaluation_strategy(self, params, buffers, episode: Episode) -> str:
-        """The strategy curves() evaluates `episode` with."""
-        if self.eval_strategy != "auto":
-            return self.eval_strategy
-        return choose_strategy("auto", self.algorithm.model, episode.support_x.device,
-                               partial(self.task_flop, params, buffers, episode))
+    def strategy_for(self, params, buffers, episode: Episode, compiled: bool = False) -> str:
+        """The strategy `episode` runs under, `compiled` or not (engine=auto: choose_strategy)."""
+        key = (episode.support_x.shape[1:], episode.query_x.shape[1:], compiled)
+        if key not in self._chosen:
+            self._chosen[key] = choose_strategy(
+                self.strategy, self.algorithm.model, episode.support_x.device,
+                None if compiled else partial(self.task_flop, params, buffers, episode))
+        return self._chosen[key]
 
     @torch.no_grad()
     def task_flop(self, params, buffers, episode: Episode) -> int:
@@ -209,6 +178,43 @@ class Engine:
                 self.algorithm.forward(params, buffers, x)
             flops.append(counter.get_total_flops())
         return max(flops)
+
+    def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
+        """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,
+        uncompiled, outputs stacked along a new leading task dimension."""
+        fn = partial(fn, **kwargs)
+        if self.strategy_for(params, buffers, episode) == "vmap":
+            return vmap(fn, in_dims=TASK_DIMS)(params, buffers, *episode.tensors())
+        tasks = range(episode.num_tasks)
+        return _stack([fn(params, buffers, *episode[t].tensors()) for t in tasks])
+
+    def _mapped_task_loss(self, strategy: str):
+        """algorithm.task_loss, over every task at once (vmap) or for one (loop), compiled
+        when asked."""
+        if self._task_loss is None or self._task_loss[0] != strategy:
+            fn = self.algorithm.task_loss
+            if strategy == "vmap":
+                fn = vmap(fn, in_dims=TASK_DIMS)
+            if self.compile:
+                logging.getLogger("maml_cli").info(
+                    "trainer.compile: the first meta-batch compiles (30 s to minutes); "
+                    "trainer.compile=false skips that")
+                # A CUDA build of torch compiling for the CPU warns that there is no CUDA
+                # runtime, on stderr, on every run: true, and nothing to act on.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+                fn = torch.compile(fn)
+            self._task_loss = strategy, fn
+        return self._task_loss[1]
+
+    def curves(self, params, buffers, episode: Episode, steps: int | None = None,
+               transductive: bool = True):
+        """The query metrics of every task of a sampled batch after 0..steps inner steps
+        (default eval_steps): [tasks, steps + 1, metrics], the task's main metric first
+        (`transductive`: Algorithm.outcomes)."""
+        steps = self.eval_steps if steps is None else steps
+        return self.map_tasks(self.algorithm.adaptation_curve, params, buffers,
+                              self.collect(params, buffers, episode, steps), steps=steps,
+                              transductive=transductive)
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:
@@ -238,8 +244,9 @@ class Engine:
         measured on Omniglot 5-way 1-shot conv4 (32 tasks, second order, 2-core CPU), 7% faster
         than one backward over all and a fraction of the memory.
         """
-        fn, device, steps = self._mapped_task_loss(), episode.support_x.device, self.steps
-        if self.strategy == "vmap":
+        strategy = self.strategy_for(params, buffers, episode, self.compile)
+        fn, device, steps = self._mapped_task_loss(strategy), episode.support_x.device, self.steps
+        if strategy == "vmap":
             loss, metrics = self._forward(fn, device, params, buffers, *episode.tensors(),
                                           steps=steps)
             loss = loss.mean()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maml_cli.engine import EVAL_VMAP_MAX_FLOP
+from maml_cli.engine import EAGER_VMAP_MAX_FLOP
 from tests.helpers import BIN, HANG_GUARD_S
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -88,20 +88,37 @@ def test_the_eval_report_times_both_strategies_and_marks_autos_choice():
     large = dataclasses.replace(tiny, queries=20)  # 60 query images: over the limit
     result = bench.bench_eval("E", large, torch.device("cpu"))
     assert "maml-cli loop (= default)" in result["rows"]
-    assert result["task_mflop"] * 1e6 > EVAL_VMAP_MAX_FLOP
+    assert result["task_mflop"] * 1e6 > EAGER_VMAP_MAX_FLOP
     table = bench.markdown({"results": [], "eval": [result]})
     assert "| E: tiny conv4, 2 steps, 2 tasks |" in table and "| loop | 1.00 |" in table
 
 
 def test_the_default_row_is_what_compile_auto_chooses_for_the_runs_length():
     model, cpu = SMALL.model(), torch.device("cpu")
+    ep = SMALL.episode(cpu, torch.Generator().manual_seed(0))
     rows = {label: {"ms": 1.0} for label in ("naive loop", "maml-cli vmap",
                                              "maml-cli vmap + compile")}
     long_run = bench.Workload("long", 4, 1, 0.01, run_iterations=10**9)  # 1 ms x 10**9
-    assert "maml-cli vmap + compile (= default)" in bench.mark_default(rows, long_run, model, cpu)
-    assert "maml-cli vmap (= default)" in bench.mark_default(rows, SMALL, model, cpu)
+    assert "maml-cli vmap + compile (= default)" in bench.mark_default(rows, long_run, model, ep,
+                                                                        cpu)
+    assert "maml-cli vmap (= default)" in bench.mark_default(rows, SMALL, model, ep, cpu)
     assert "maml-cli vmap + compile (= default)" in bench.mark_default(
-        rows, SMALL, model, torch.device("cuda"))
+        rows, SMALL, model, ep, torch.device("cuda"))
+
+
+def test_a_conv_nets_default_on_the_cpu_is_eager_vmap_for_small_tasks_and_the_compiled_loop():
+    w6, cpu = bench.WORKLOADS["W6"], torch.device("cpu")
+    model, ep = w6.model(), w6.episode(cpu, torch.Generator().manual_seed(0))
+    rows = {label: {"ms": 1000.0} for label in ("maml-cli vmap", "maml-cli loop",
+                                                "maml-cli loop + compile")}
+    # 40,000 iterations of a second: compiled; 10 of them: eager, where small tasks take vmap
+    assert "maml-cli loop + compile (= default)" in bench.mark_default(rows, w6, model, ep, cpu)
+    short = dataclasses.replace(w6, run_iterations=10)
+    assert "maml-cli vmap (= default)" in bench.mark_default(rows, short, model, ep, cpu)
+    w2 = bench.WORKLOADS["W2"]  # 75 query images a task: the loop, compiled or not
+    model, ep = w2.model(), w2.episode(cpu, torch.Generator().manual_seed(0))
+    assert "maml-cli loop (= default)" in bench.mark_default(
+        rows, dataclasses.replace(w2, run_iterations=10), model, ep, cpu)
 
 
 def test_w5_is_w2_with_max_pooling_and_in_the_default_run():

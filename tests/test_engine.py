@@ -12,7 +12,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
 from maml_cli.engine import (
     CPU_COMPILE_AFTER_S,
-    EVAL_VMAP_MAX_FLOP,
+    EAGER_VMAP_MAX_FLOP,
     STRATEGIES,
     Engine,
     choose_compile,
@@ -38,10 +38,10 @@ def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
     assert choose_strategy("loop", mlp, cuda) == "loop"
 
 
-def test_auto_evaluates_a_conv_net_on_the_cpu_under_vmap_only_for_small_tasks():
+def test_auto_runs_a_conv_net_on_the_cpu_under_vmap_only_uncompiled_on_small_tasks():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     mlp, conv = MLP((1,), 1), Conv4((1, 28, 28), 5)
-    small, large = (lambda: EVAL_VMAP_MAX_FLOP), (lambda: EVAL_VMAP_MAX_FLOP + 1)
+    small, large = (lambda: EAGER_VMAP_MAX_FLOP), (lambda: EAGER_VMAP_MAX_FLOP + 1)
     assert choose_strategy("auto", conv, cpu, small) == "vmap"
     assert choose_strategy("auto", conv, cpu, large) == "loop"
     assert choose_strategy("auto", conv, cuda, large) == "vmap"
@@ -50,10 +50,10 @@ def test_auto_evaluates_a_conv_net_on_the_cpu_under_vmap_only_for_small_tasks():
 
 
 @pytest.mark.parametrize("queries, chosen", [(1, "vmap"), (15, "loop")])
-def test_the_evaluation_strategy_comes_from_a_tasks_flops_and_gives_the_loops_curves(queries,
-                                                                                   chosen):
-    """Omniglot 5-way 1-shot on the paper's conv4: 5 query images per task (the presets' test)
-    are under the limit, 75 (15 per class) over it; either way the curves are the loop's."""
+def test_autos_strategy_comes_from_a_tasks_flops_and_computes_what_the_loop_does(queries, chosen):
+    """Omniglot 5-way 1-shot on the paper's conv4: 5 query images per task (the presets') are
+    under the limit, 75 (15 per class) over it; compiled, the loop either way. The curves and
+    the meta-gradient are the loop's."""
     torch.manual_seed(0)
     model = Conv4((1, 28, 28), 5)
     labels = torch.arange(5)
@@ -61,14 +61,20 @@ def test_the_evaluation_strategy_comes_from_a_tasks_flops_and_gives_the_loops_cu
                       torch.rand(3, 5 * queries, 1, 28, 28),
                       labels.repeat_interleave(queries).expand(3, 5 * queries))
     algorithm = MAML(model, F.cross_entropy, F.cross_entropy, SGD(0.4, eval_steps=2))
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    auto = Engine(algorithm, "loop", eval_strategy="auto")
-    assert auto.evaluation_strategy(params, {}, episode) == chosen
-    assert Engine(algorithm, "loop").evaluation_strategy(params, {}, episode) == "loop"
+    params = dict(model.named_parameters())
+    auto, loop = Engine(algorithm, "auto"), Engine(algorithm, "loop")
+    assert auto.strategy_for(params, {}, episode) == chosen
+    assert auto.strategy_for(params, {}, episode, compiled=True) == "loop"
+    assert loop.strategy_for(params, {}, episode) == "loop"
     with torch.no_grad():
         torch.testing.assert_close(auto.curves(params, {}, episode),
-                                   Engine(algorithm, "loop").curves(params, {}, episode),
-                                   rtol=1e-4, atol=1e-5)
+                                   loop.curves(params, {}, episode), rtol=1e-4, atol=1e-5)
+    grads = []
+    for engine in (auto, loop):
+        model.zero_grad()
+        engine.meta_backward(params, {}, episode)
+        grads.append([p.grad.clone() for p in params.values()])
+    assert_close(*grads, rtol=1e-4)
 
 
 def test_torchs_batchnorm_without_running_stats_gets_the_exact_meta_gradient_in_the_loop():
