@@ -6,7 +6,7 @@ warm-up, and the median is reported. The warm-up run also gives each one's meta-
 distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU (second order)
 the resident set of a fresh process running one meta-iteration.
 
-    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,W3,W4,W5] [--compile W1,W2]
+    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,...,W8] [--compile W1,W2]
                                [--eval E1,E2,...] [--out results.json]
 """
 
@@ -118,10 +118,16 @@ WORKLOADS = {
     # code's 1 query per class), tiny tasks where eager vmap gains on the loop.
     "W6": Workload("W2 with 1 query/class (the omniglot_5w1s preset's training)", 32, 1, 0.4,
                    ways=5, shots=1, queries=1, run_iterations=40000),
+    # Not in the default run: either side of EAGER_VMAP_MAX_FLOP, where uncompiled training
+    # switches between vmap and the loop (a task's query batch: 53 and 106 MFLOP).
+    "W7": Workload("W6 with 2 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=2,
+                   run_iterations=40000),
+    "W8": Workload("W6 with 4 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=4,
+                   run_iterations=40000),
 }
 DEFAULT_WORKLOADS = "W1,W2,W3,W5"
 # Evaluation (maml-eval's and validation's adaptation curves): the presets' test tasks, where
-# `queries` is per class at test, and steps around EVAL_VMAP_MAX_FLOP. 50 tasks each.
+# `queries` is per class at test, and steps around EAGER_VMAP_MAX_FLOP. 50 tasks each.
 EVAL_WORKLOADS = {
     "E1": Workload("sinusoid MLP, 10+10 points", 50, 1, 0.01),
     "E2": Workload("Omniglot 5-way 1-shot conv4, 1 query/class (the Omniglot presets' test)",

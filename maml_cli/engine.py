@@ -39,7 +39,8 @@ TASK_DIMS = (None, None, 0, 0, 0, 0)
 # its query batch) takes at most this many FLOPs: there the loop's per-operator overhead costs
 # more than vmap's grouped convolutions. bench.py, one thread: in evaluation (E rows) vmap is
 # 1.7x the loop at 27 MFLOP (5 images of Omniglot's conv4), 1.5x at 53, 0.6-0.86x at 98-133; in
-# second-order training 1.35x at 27 (W6). Compiled, the loop is faster at every size measured.
+# second-order training 1.35x at 27 (W6), 1.45x at 53 (W7) and still 1.36x at 106 (W8), so there
+# the limit errs toward the loop. Compiled, the loop is faster at every size measured.
 EAGER_VMAP_MAX_FLOP = 6e7
 
 

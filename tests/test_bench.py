@@ -164,6 +164,19 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
     assert any(n.startswith(f"{runs}/sinusoid-graphs/tb/events.") for n in names), names
 
 
+def test_w7_and_w8_straddle_the_eager_vmap_limit_and_run_only_on_request():
+    cpu = torch.device("cpu")
+    for name, strategy in (("W7", "vmap"), ("W8", "loop")):
+        w = bench.WORKLOADS[name]
+        model, ep = w.model(), w.episode(cpu, torch.Generator().manual_seed(0))
+        flop = bench.Engine(bench.MAML(model, w.loss, w.loss, bench.SGD(w.lr))).task_flop(
+            dict(model.named_parameters()), dict(model.named_buffers()), ep)
+        assert (flop <= EAGER_VMAP_MAX_FLOP) == (strategy == "vmap")
+        assert bench.auto_strategy(w, model, ep) == strategy
+        assert bench.auto_strategy(w, model, ep, compiled=True) == "loop"
+        assert name not in bench.DEFAULT_WORKLOADS
+
+
 def test_w6_is_the_omniglot_5w1s_presets_meta_batch_and_only_on_request():
     bench.register_configs()
     with bench.initialize_config_dir(bench.config_dir(), version_base="1.3"):
