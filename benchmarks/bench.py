@@ -538,37 +538,40 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def table(title: str, columns: tuple[str, ...], rows) -> Table:
+    """A rich table, its first column (the rows' labels) left-aligned, the numbers right."""
+    t = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        t.add_column(column, justify="right" if i else "left")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def show(results: list[dict], info: dict, device: torch.device) -> None:
     console = Console(width=150)
     console.print(f"[bold]maml-cli benchmark[/] on {device}: {info}")
     for r in results:
         floor = f", floor {r['floor_ms']:.0f} ms ({r['gflop']:.0f} GFLOP at " \
                 f"{r['dense_gflop_per_s']:.0f} GFLOP/s)" if "floor_ms" in r else ""
-        table = Table(title=f"{r['workload']} {r['order']} order: {r['description']}{floor}",
-                      title_justify="left")
-        for column in ("implementation", "ms/iter", "x naive", "x higher", "peak MB",
-                       "grad rel. error", "of floor"):
-            table.add_column(column, justify="left" if column == "implementation" else "right")
-        for label, row in r["rows"].items():
-            table.add_row(label, f"{row['ms']:.2f}", f"{row['x_naive']:.2f}",
-                          f"{row['x_higher']:.2f}",
-                          "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
-                          f"{row['grad_rel_error']:.1e}",
-                          f"{row['of_floor']:.0%}" if "of_floor" in row else "")
-        console.print(table)
+        console.print(table(
+            f"{r['workload']} {r['order']} order: {r['description']}{floor}",
+            ("implementation", "ms/iter", "x naive", "x higher", "peak MB", "grad rel. error",
+             "of floor"),
+            ((label, f"{row['ms']:.2f}", f"{row['x_naive']:.2f}", f"{row['x_higher']:.2f}",
+              "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
+              f"{row['grad_rel_error']:.1e}", f"{row['of_floor']:.0%}" if "of_floor" in row else "")
+             for label, row in r["rows"].items())))
 
 
 def show_algorithms(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
-        table = Table(title=f"{r['workload']} by algorithm (engine {r['engine']}, second order "
-                            f"where it applies): {r['description']}", title_justify="left")
-        for column in ("algorithm", "ms/iter", "iterations/s", "x maml"):
-            table.add_column(column, justify="left" if column == "algorithm" else "right")
-        for label, row in r["rows"].items():
-            table.add_row(label, f"{row['ms']:.2f}", f"{row['it_per_s']:.2f}",
-                          f"{row['x_maml']:.2f}")
-        console.print(table)
+        console.print(table(
+            f"{r['workload']} by algorithm (engine {r['engine']}, second order where it "
+            f"applies): {r['description']}", ("algorithm", "ms/iter", "iterations/s", "x maml"),
+            ((label, f"{row['ms']:.2f}", f"{row['it_per_s']:.2f}", f"{row['x_maml']:.2f}")
+             for label, row in r["rows"].items())))
 
 
 def show_trainer(results: list[dict]) -> None:
@@ -582,26 +585,19 @@ def show_trainer(results: list[dict]) -> None:
 def show_eval(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
-        table = Table(title=f"{r['workload']} evaluation: {r['description']} (a task's larger "
-                            f"forward {r['task_mflop']:.3g} MFLOP)", title_justify="left")
-        for column in ("strategy", "ms", "tasks/s", "x loop"):
-            table.add_column(column, justify="left" if column == "strategy" else "right")
-        for label, row in r["rows"].items():
-            table.add_row(label, f"{row['ms']:.0f}", f"{row['tasks_per_s']:.1f}",
-                          f"{row['x_loop']:.2f}")
-        console.print(table)
+        console.print(table(
+            f"{r['workload']} evaluation: {r['description']} (a task's larger forward "
+            f"{r['task_mflop']:.3g} MFLOP)", ("strategy", "ms", "tasks/s", "x loop"),
+            ((label, f"{row['ms']:.0f}", f"{row['tasks_per_s']:.1f}", f"{row['x_loop']:.2f}")
+             for label, row in r["rows"].items())))
 
 
 def show_rl(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
-        table = Table(title=f"{r['workload']}: {r['description']} (auto: {r['engine']})",
-                      title_justify="left")
-        table.add_column("phase")
-        table.add_column("ms", justify="right")
-        for label, row in r["rows"].items():
-            table.add_row(label, f"{row['ms']:.0f}")
-        console.print(table)
+        console.print(table(f"{r['workload']}: {r['description']} (auto: {r['engine']})",
+                            ("phase", "ms"),
+                            ((label, f"{row['ms']:.0f}") for label, row in r["rows"].items())))
         console.print(f"lock-step collection: {r['x_lock_step']:.2f}x one task at a time")
 
 
