@@ -5,8 +5,8 @@
 # cudagraph trees, which torch.compile's mode="reduce-overhead" turns on), to see whether
 # capturing runs at all and whether it pays. In each mode:
 #   bench-MODE.json: make bench's W2 (second order, against higher and the naive loop, compiled
-#     included; target: compiled at most 7.5 ms) and T1 (the default sinusoid run through the
-#     trainer);
+#     included; target: compiled at most 7.5 ms), T1 (the default sinusoid run through the
+#     trainer) and the evaluation rows E2, E4, E6 (vmap against the loop: engine=auto's choice);
 #   sinusoid-MODE, omniglot-MODE: `maml-train task=sinusoid` and the Omniglot 5-way 1-shot
 #     preset, whose TensorBoard perf/tasks_per_s gives the trainer's throughput (targets: 10x
 #     the CPU's iterations per second; 5,000 tasks/s).
@@ -16,9 +16,9 @@
 # 5 minutes each (both modes in one would pass a call's 10-minute limit):
 #   MODES=graphs bash benchmarks/gpu_speed.sh
 #   MODES=plain bash benchmarks/gpu_speed.sh
-# The runs' lengths: WORKLOADS (W2), T1_ITERATIONS (5000), SINUSOID_ITERATIONS (3000),
-# OMNIGLOT_ITERATIONS (1000), RUN_LIMIT (300 s each); OVERRIDES: more for both maml-train runs;
-# MODES: "plain graphs" (the default), or one of them.
+# The runs' lengths: WORKLOADS (W2), EVAL (E2,E4,E6), T1_ITERATIONS (5000),
+# SINUSOID_ITERATIONS (3000), OMNIGLOT_ITERATIONS (1000), RUN_LIMIT (300 s each); OVERRIDES: more
+# for both maml-train runs; MODES: "plain graphs" (the default), or one of them.
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 runs=outputs/speed
@@ -40,7 +40,8 @@ step() {
 for mode in "${modes[@]}"; do
     export TORCHINDUCTOR_CUDAGRAPHS=$([ "$mode" = graphs ] && echo 1 || echo 0)
     step "bench-$mode" python3 benchmarks/bench.py --device "$DEVICE" \
-        --workloads "${WORKLOADS-W2}" --orders second --algorithms '' --eval '' --no-rl \
+        --workloads "${WORKLOADS-W2}" --orders second --algorithms '' \
+        --eval "${EVAL-E2,E4,E6}" --no-rl \
         --trainer-iterations "${T1_ITERATIONS:-5000}" --out "$runs/bench-$mode.json"
     step "sinusoid-$mode" maml-train task=sinusoid "device=$DEVICE" \
         "trainer.iterations=${SINUSOID_ITERATIONS:-3000}" "hydra.run.dir=$runs/sinusoid-$mode" \
@@ -65,6 +66,9 @@ for mode in sys.argv[3:]:
         for r in data["results"]:
             found[f"{r['workload']} {r['order']} order, ms"] = {
                 label: round(row["ms"], 3) for label, row in r["rows"].items()}
+        for r in data["eval"]:
+            found[f"{r['workload']} evaluation, tasks/s"] = {
+                label: round(row["tasks_per_s"], 1) for label, row in r["rows"].items()}
         for r in data["trainer"]:
             found["T1 trainer, engine ms per iteration"] = [round(r["trainer_ms"], 3),
                                                             round(r["engine_ms"], 3)]

@@ -144,8 +144,8 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
     (tmp_path / ".data").mkdir()
     (tmp_path / ".data" / "omniglot").symlink_to(Path(data_env["MAML_DATA_ROOT"]) / "omniglot")
     env = {**data_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
-           "OUT": str(tmp_path / "out"), "MODES": "graphs", "WORKLOADS": "", "T1_ITERATIONS": "10",
-           "SINUSOID_ITERATIONS": "20", "OMNIGLOT_ITERATIONS": "2",
+           "OUT": str(tmp_path / "out"), "MODES": "graphs", "WORKLOADS": "", "EVAL": "E1",
+           "T1_ITERATIONS": "10", "SINUSOID_ITERATIONS": "20", "OMNIGLOT_ITERATIONS": "2",
            "OVERRIDES": "trainer.val_tasks=5 trainer.log_every=1"}
     proc = subprocess.run(["bash", str(tmp_path / "benchmarks" / "gpu_speed.sh")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
@@ -154,6 +154,8 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
     assert list(summary) == ["graphs"]
     trainer_ms, engine_ms = summary["graphs"]["T1 trainer, engine ms per iteration"]
     assert trainer_ms > engine_ms > 0
+    assert set(summary["graphs"]["E1 evaluation, tasks/s"]) == {"maml-cli vmap (= default)",
+                                                                "maml-cli loop"}
     assert summary["graphs"]["sinusoid tasks/s, median window"] > 0
     assert summary["graphs"]["omniglot tasks/s, median window"] > 0
     with tarfile.open(tmp_path / "out" / "speed.tgz") as packed:
