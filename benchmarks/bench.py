@@ -118,8 +118,9 @@ WORKLOADS = {
     # code's 1 query per class), tiny tasks where eager vmap gains on the loop.
     "W6": Workload("W2 with 1 query/class (the omniglot_5w1s preset's training)", 32, 1, 0.4,
                    ways=5, shots=1, queries=1, run_iterations=40000),
-    # Not in the default run: either side of EAGER_VMAP_MAX_FLOP, where uncompiled training
-    # switches between vmap and the loop (a task's query batch: 53 and 106 MFLOP).
+    # Not in the default run: either side of EAGER_VMAP_MAX_FLOP_PER_THREAD at one thread,
+    # where uncompiled training switches between vmap and the loop (a task's forward: 80 and
+    # 133 MFLOP).
     "W7": Workload("W6 with 2 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=2,
                    run_iterations=40000),
     "W8": Workload("W6 with 4 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=4,
@@ -127,7 +128,7 @@ WORKLOADS = {
 }
 DEFAULT_WORKLOADS = "W1,W2,W3,W5"
 # Evaluation (maml-eval's and validation's adaptation curves): the presets' test tasks, where
-# `queries` is per class at test, and steps around EAGER_VMAP_MAX_FLOP. 50 tasks each.
+# `queries` is per class at test, and steps around EAGER_VMAP_MAX_FLOP_PER_THREAD. 50 tasks each.
 EVAL_WORKLOADS = {
     "E1": Workload("sinusoid MLP, 10+10 points", 50, 1, 0.01),
     "E2": Workload("Omniglot 5-way 1-shot conv4, 1 query/class (the Omniglot presets' test)",
@@ -410,7 +411,7 @@ def bench_algorithms(name: str, w: Workload, device: torch.device) -> dict:
 def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
     """Tasks adapted and scored per second by Engine.curves (eval_steps inner steps, no
     meta-gradient) under each strategy, timed alternately; the default is what engine=auto
-    chooses from the task's larger forward's FLOPs, which the result also gives."""
+    chooses from the task's forward's FLOPs (support and query), which the result also gives."""
     generator = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
     model, ep = w.model().to(device), w.episode(device, generator)
@@ -434,7 +435,7 @@ def bench_eval(name: str, w: Workload, device: torch.device) -> dict:
         row["x_loop"] = loop_ms / row["ms"]
     return {"workload": name, "description": f"{w.description}, {w.eval_steps} steps, "
             f"{w.tasks} tasks",
-            "task_mflop": Engine(algorithm).task_flop(params, buffers, ep) / 1e6,
+            "task_forward_mflop": Engine(algorithm).task_flop(params, buffers, ep) / 1e6,
             "rows": rows}
 
 
@@ -586,8 +587,8 @@ def show_eval(results: list[dict]) -> None:
     console = Console(width=150)
     for r in results:
         console.print(table(
-            f"{r['workload']} evaluation: {r['description']} (a task's larger forward "
-            f"{r['task_mflop']:.3g} MFLOP)", ("strategy", "ms", "tasks/s", "x loop"),
+            f"{r['workload']} evaluation: {r['description']} (a task's forward "
+            f"{r['task_forward_mflop']:.3g} MFLOP)", ("strategy", "ms", "tasks/s", "x loop"),
             ((label, f"{row['ms']:.0f}", f"{row['tasks_per_s']:.1f}", f"{row['x_loop']:.2f}")
              for label, row in r["rows"].items())))
 
@@ -634,12 +635,12 @@ def markdown(data: dict) -> str:
                   "|---|---|---|",
                   f"| {r['trainer_ms']:.2f} | {r['engine_ms']:.2f} | {r['overhead']:.0%} |", ""]
     if data.get("eval"):
-        lines += ["| evaluation | a task's larger forward, MFLOP | loop, tasks/s | vmap, tasks/s "
+        lines += ["| evaluation | a task's forward, MFLOP | loop, tasks/s | vmap, tasks/s "
                   "| default | default x loop |", "|---|---|---|---|---|---|"]
         for r in data["eval"]:
             rate = {label.split()[1]: row["tasks_per_s"] for label, row in r["rows"].items()}
             default = next(label for label in r["rows"] if label.endswith("(= default)"))
-            lines.append(f"| {r['workload']}: {r['description']} | {r['task_mflop']:.3g} "
+            lines.append(f"| {r['workload']}: {r['description']} | {r['task_forward_mflop']:.3g} "
                          f"| {rate['loop']:.1f} | {rate['vmap']:.1f} | {default.split()[1]} "
                          f"| {r['rows'][default]['x_loop']:.2f} |")
         lines.append("")

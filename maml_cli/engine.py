@@ -35,13 +35,14 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 TASK_DIMS = (None, None, 0, 0, 0, 0)
 
 
-# Uncompiled, a conv net on the CPU runs under vmap when a task's larger forward (its support or
-# its query batch) takes at most this many FLOPs: there the loop's per-operator overhead costs
-# more than vmap's grouped convolutions. bench.py, one thread: in evaluation (E rows) vmap is
-# 1.7x the loop at 27 MFLOP (5 images of Omniglot's conv4), 1.5x at 53, 0.6-0.86x at 98-133; in
-# second-order training 1.35x at 27 (W6), 1.45x at 53 (W7) and still 1.36x at 106 (W8), so there
-# the limit errs toward the loop. Compiled, the loop is faster at every size measured.
-EAGER_VMAP_MAX_FLOP = 6e7
+# Uncompiled, a conv net on the CPU runs under vmap when a task's forward (its support batch and
+# its query batch) takes at most this many FLOPs per CPU thread: there the loop's per-operator
+# overhead costs more than vmap's grouped convolutions, which also gain more from a second
+# thread. bench.py, vmap x the loop, evaluation (E rows): one thread 1.65x at 80 MFLOP, 0.97x at
+# 159; two threads 1.23x at 159, 0.89x at 196. Second-order training: one thread 1.45x at 80
+# (W7) and still 1.36x at 133 (W8), where the limit takes the loop; two threads 1.43x at 133.
+# Compiled, the loop is faster at every size measured.
+EAGER_VMAP_MAX_FLOP_PER_THREAD = 9e7
 
 
 def _torch_batch_norm(model: nn.Module) -> bool:
@@ -57,8 +58,8 @@ def check_strategy(name: str, model: nn.Module) -> None:
 def choose_strategy(name: str, model: nn.Module, device: torch.device,
                     task_flop: Callable[[], float] | None = None) -> str:
     """engine=`name` for `model` on `device`. `task_flop`, given where the meta-batch runs
-    uncompiled: the FLOPs of a task's larger forward, called only where the choice depends on
-    it (EAGER_VMAP_MAX_FLOP)."""
+    uncompiled: the FLOPs of a task's forward, called only where the choice depends on it
+    (EAGER_VMAP_MAX_FLOP_PER_THREAD, times torch's CPU threads)."""
     check_strategy(name, model)
     if name != "auto":
         return name
@@ -72,7 +73,8 @@ def choose_strategy(name: str, model: nn.Module, device: torch.device,
         return "loop"
     if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "vmap"
-    return "vmap" if task_flop is not None and task_flop() <= EAGER_VMAP_MAX_FLOP else "loop"
+    limit = EAGER_VMAP_MAX_FLOP_PER_THREAD * torch.get_num_threads()
+    return "vmap" if task_flop is not None and task_flop() <= limit else "loop"
 
 
 def _task_mean(outputs: dict) -> dict:
@@ -171,14 +173,12 @@ class Engine:
 
     @torch.no_grad()
     def task_flop(self, params, buffers, episode: Episode) -> int:
-        """The FLOPs of the model's forward on the first task's support or query batch, the
-        larger."""
-        task, flops = episode[0], []
-        for x in (task.support_x, task.query_x):
-            with FlopCounterMode(display=False) as counter:
+        """The FLOPs of the model's forward on the first task's support and query batches."""
+        task = episode[0]
+        with FlopCounterMode(display=False) as counter:
+            for x in (task.support_x, task.query_x):
                 self.algorithm.forward(params, buffers, x)
-            flops.append(counter.get_total_flops())
-        return max(flops)
+        return counter.get_total_flops()
 
     def map_tasks(self, fn, params, buffers, episode: Episode, **kwargs):
         """fn(params, buffers, support_x, support_y, query_x, query_y, **kwargs) for every task,

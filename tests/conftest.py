@@ -11,6 +11,17 @@ from tests.helpers import ok, run_cli
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def threads():
+    """torch.set_num_threads, for a test whose outcome depends on the thread count (engine=auto
+    on the CPU); restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A short real training run shared by the end-to-end tests that only read it."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maml_cli.engine import EAGER_VMAP_MAX_FLOP
+from maml_cli.engine import EAGER_VMAP_MAX_FLOP_PER_THREAD
 from tests.helpers import BIN, HANG_GUARD_S
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -77,18 +77,20 @@ def test_the_trainer_report_times_the_engine_inside_the_whole_trainer(tmp_path, 
                                                               "trainer": [result]})
 
 
-def test_the_eval_report_times_both_strategies_and_marks_autos_choice():
+def test_the_eval_report_times_both_strategies_and_marks_autos_choice(threads):
+    threads(1)
     tiny = bench.Workload("tiny conv4", tasks=2, steps=1, lr=0.1, ways=3, shots=1, queries=1,
                           repeats=1, eval_steps=2)
     for workload, default in ((tiny, "maml-cli vmap"), (SMALL, "maml-cli vmap")):
         result = bench.bench_eval("E", workload, torch.device("cpu"))
         assert set(result["rows"]) == {"maml-cli loop", f"{default} (= default)"}
         assert all(row["tasks_per_s"] > 0 for row in result["rows"].values())
-        assert result["rows"]["maml-cli loop"]["x_loop"] == 1 and result["task_mflop"] > 0
-    large = dataclasses.replace(tiny, queries=20)  # 60 query images: over the limit
+        assert result["rows"]["maml-cli loop"]["x_loop"] == 1
+        assert result["task_forward_mflop"] > 0
+    large = dataclasses.replace(tiny, queries=20)  # 63 images: over the limit
     result = bench.bench_eval("E", large, torch.device("cpu"))
     assert "maml-cli loop (= default)" in result["rows"]
-    assert result["task_mflop"] * 1e6 > EAGER_VMAP_MAX_FLOP
+    assert result["task_forward_mflop"] * 1e6 > EAGER_VMAP_MAX_FLOP_PER_THREAD
     table = bench.markdown({"results": [], "eval": [result]})
     assert "| E: tiny conv4, 2 steps, 2 tasks |" in table and "| loop | 1.00 |" in table
 
@@ -106,7 +108,9 @@ def test_the_default_row_is_what_compile_auto_chooses_for_the_runs_length():
         rows, SMALL, model, ep, torch.device("cuda"))
 
 
-def test_a_conv_nets_default_on_the_cpu_is_eager_vmap_for_small_tasks_and_the_compiled_loop():
+def test_a_conv_nets_default_on_the_cpu_is_eager_vmap_for_small_tasks_and_the_compiled_loop(
+        threads):
+    threads(1)
     w6, cpu = bench.WORKLOADS["W6"], torch.device("cpu")
     model, ep = w6.model(), w6.episode(cpu, torch.Generator().manual_seed(0))
     rows = {label: {"ms": 1000.0} for label in ("maml-cli vmap", "maml-cli loop",
@@ -166,14 +170,15 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
     assert any(n.startswith(f"{runs}/sinusoid-graphs/tb/events.") for n in names), names
 
 
-def test_w7_and_w8_straddle_the_eager_vmap_limit_and_run_only_on_request():
+def test_w7_and_w8_straddle_the_eager_vmap_limit_at_one_thread_and_run_only_on_request(threads):
     cpu = torch.device("cpu")
+    threads(1)
     for name, strategy in (("W7", "vmap"), ("W8", "loop")):
         w = bench.WORKLOADS[name]
         model, ep = w.model(), w.episode(cpu, torch.Generator().manual_seed(0))
         flop = bench.Engine(bench.MAML(model, w.loss, w.loss, bench.SGD(w.lr))).task_flop(
             dict(model.named_parameters()), dict(model.named_buffers()), ep)
-        assert (flop <= EAGER_VMAP_MAX_FLOP) == (strategy == "vmap")
+        assert (flop <= EAGER_VMAP_MAX_FLOP_PER_THREAD) == (strategy == "vmap")
         assert bench.auto_strategy(w, model, ep) == strategy
         assert bench.auto_strategy(w, model, ep, compiled=True) == "loop"
         assert name not in bench.DEFAULT_WORKLOADS

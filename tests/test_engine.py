@@ -12,7 +12,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
 from maml_cli.engine import (
     CPU_COMPILE_AFTER_S,
-    EAGER_VMAP_MAX_FLOP,
+    EAGER_VMAP_MAX_FLOP_PER_THREAD,
     STRATEGIES,
     Engine,
     choose_compile,
@@ -38,22 +38,29 @@ def test_auto_follows_the_benchmark_and_never_vmaps_torchs_batchnorm():
     assert choose_strategy("loop", mlp, cuda) == "loop"
 
 
-def test_auto_runs_a_conv_net_on_the_cpu_under_vmap_only_uncompiled_on_small_tasks():
+def test_auto_runs_a_conv_net_on_the_cpu_under_vmap_only_uncompiled_on_small_tasks(threads):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     mlp, conv = MLP((1,), 1), Conv4((1, 28, 28), 5)
-    small, large = (lambda: EAGER_VMAP_MAX_FLOP), (lambda: EAGER_VMAP_MAX_FLOP + 1)
+    limit = EAGER_VMAP_MAX_FLOP_PER_THREAD
+    small, large = (lambda: limit), (lambda: limit + 1)
+    threads(1)
     assert choose_strategy("auto", conv, cpu, small) == "vmap"
     assert choose_strategy("auto", conv, cpu, large) == "loop"
     assert choose_strategy("auto", conv, cuda, large) == "vmap"
     assert choose_strategy("auto", mlp, cpu, large) == "vmap"
     assert choose_strategy("loop", conv, cpu, small) == "loop"
+    threads(2)  # the limit is per thread
+    assert choose_strategy("auto", conv, cpu, large) == "vmap"
+    assert choose_strategy("auto", conv, cpu, lambda: 2 * limit + 1) == "loop"
 
 
 @pytest.mark.parametrize("queries, chosen", [(1, "vmap"), (15, "loop")])
-def test_autos_strategy_comes_from_a_tasks_flops_and_computes_what_the_loop_does(queries, chosen):
-    """Omniglot 5-way 1-shot on the paper's conv4: 5 query images per task (the presets') are
-    under the limit, 75 (15 per class) over it; compiled, the loop either way. The curves and
-    the meta-gradient are the loop's."""
+def test_autos_strategy_comes_from_a_tasks_flops_and_computes_what_the_loop_does(queries, chosen,
+                                                                                  threads):
+    """Omniglot 5-way 1-shot on the paper's conv4, one thread: 5 support and 5 query images per
+    task (the presets') are under the limit, 5 and 75 (15 per class) over it; compiled, the loop
+    either way. The curves and the meta-gradient are the loop's."""
+    threads(1)
     torch.manual_seed(0)
     model = Conv4((1, 28, 28), 5)
     labels = torch.arange(5)
