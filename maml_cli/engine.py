@@ -39,9 +39,9 @@ TASK_DIMS = (None, None, 0, 0, 0, 0)
 # its query batch) takes at most this many FLOPs per CPU thread: there the loop's per-operator
 # overhead costs more than vmap's grouped convolutions, which also gain more from a second
 # thread. bench.py, vmap x the loop, evaluation (E rows): one thread 1.65x at 80 MFLOP, 0.97x at
-# 159; two threads 1.23x at 159, 0.89x at 196. Second-order training: one thread 1.45x at 80
-# (W7) and still 1.36x at 133 (W8), where the limit takes the loop; two threads 1.43x at 133.
-# Compiled, the loop is faster at every size measured.
+# 159; two threads 1.23-1.47x at 159, 0.89-1.05x at 196 (two runs). Second-order training: one
+# thread 1.45x at 80 (W7) and still 1.36x at 133 (W8), where the limit takes the loop; two
+# threads 1.43x at 133. Compiled, the loop is faster at every size measured.
 EAGER_VMAP_MAX_FLOP_PER_THREAD = 9e7
 
 
