@@ -6,7 +6,7 @@ warm-up, and the median is reported. The warm-up run also gives each one's meta-
 distance to a float64 reference; peak memory is CUDA's allocator peak, or on CPU (second order)
 the resident set of a fresh process running one meta-iteration.
 
-    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,...,W8] [--compile W1,W2]
+    python benchmarks/bench.py [--device cpu|cuda] [--workloads W1,W2,...,W10] [--compile W1,W2]
                                [--eval E1,E2,...] [--out results.json]
 """
 
@@ -125,6 +125,12 @@ WORKLOADS = {
                    run_iterations=40000),
     "W8": Workload("W6 with 4 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=4,
                    run_iterations=40000),
+    # Not in the default run: between W8 and W2, where uncompiled training's crossover lies (a
+    # task's forward: 240 and 346 MFLOP).
+    "W9": Workload("W6 with 8 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=8,
+                   run_iterations=40000),
+    "W10": Workload("W6 with 12 queries/class", 32, 1, 0.4, ways=5, shots=1, queries=12,
+                    run_iterations=40000),
 }
 DEFAULT_WORKLOADS = "W1,W2,W3,W5"
 # Evaluation (maml-eval's and validation's adaptation curves): the presets' test tasks, where

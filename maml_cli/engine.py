@@ -217,6 +217,16 @@ class Engine:
                               self.collect(params, buffers, episode, steps), steps=steps,
                               transductive=transductive)
 
+    @torch.no_grad()
+    def before(self, params, buffers, episode: Episode) -> dict:
+        """The collected meta-batch's query metrics before adaptation (Algorithm.before),
+        averaged over its tasks; uncompiled, since it runs once per log window."""
+        if self.amp is None:
+            return _task_mean(self.map_tasks(self.algorithm.before, params, buffers, episode))
+        with torch.autocast(episode.support_x.device.type, self.amp):
+            metrics = self.map_tasks(self.algorithm.before, params, buffers, episode)
+        return {k: v.float() for k, v in _task_mean(metrics).items()}
+
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:
             if self.amp is None:

@@ -124,28 +124,38 @@ THROUGHPUT = ("tasks_per_s", "env_steps_per_s")
 
 class Window:
     """The training metrics of one log window: summed on the device, read back (a sync) only
-    when the window closes. `env_steps`: RL tasks' count of environment steps simulated so
-    far (training and validation), for a throughput in environment steps per second."""
+    when the window closes, each averaged over the meta-batches that measured it (the metrics
+    before adaptation come from the window's first meta-batch: Trainer._step). `env_steps`: RL
+    tasks' count of environment steps simulated so far (training and validation), for a
+    throughput in environment steps per second."""
 
     def __init__(self, env_steps=None):
         self.env_steps = env_steps
         self._start()
 
     def _start(self) -> None:
-        self.sums, self.iterations, self.started = {}, 0, time.perf_counter()
+        self.sums, self.counts, self.iterations = {}, {}, 0
+        self.started = time.perf_counter()
         self.steps_at_start = self.env_steps() if self.env_steps else 0
 
     def add(self, metrics: dict | None) -> None:
         if metrics is not None:  # None: a meta-batch skipped by nan_policy=skip
-            self.sums = {k: self.sums.get(k, 0) + v for k, v in metrics.items()}
+            for k, v in metrics.items():
+                self.sums[k] = self.sums.get(k, 0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
             self.iterations += 1
+
+    @property
+    def has_before(self) -> bool:
+        """Whether a meta-batch of this window measured the metrics before adaptation."""
+        return "loss_pre" in self.sums
 
     def close(self, group: distributed.Group, meta_batch_size: int) -> dict[str, float]:
         """The window's mean metrics over every rank, with tasks_per_s (and env_steps_per_s);
         {} when every meta-batch was skipped. The next window starts."""
         means, elapsed = {}, time.perf_counter() - self.started
         if self.iterations:
-            means = {k: v / self.iterations for k, v in self.sums.items()}
+            means = {k: v / self.counts[k] for k, v in self.sums.items()}
             if group.world > 1:
                 means = distributed.average_metrics(means, group.share(meta_batch_size))
             means = {k: v.item() for k, v in means.items()}

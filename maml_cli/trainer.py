@@ -103,7 +103,7 @@ class Trainer:
             while p.iteration < end:
                 p.iteration += 1
                 step_started = time.perf_counter()
-                window.add(self._step(bool(stop)))
+                window.add(self._step(bool(stop), before=not window.has_before))
                 if p.compiled is None:
                     self._choose_compile(time.perf_counter() - step_started)
                 if p.iteration % tc.log_every == 0 or p.iteration == end:
@@ -133,8 +133,10 @@ class Trainer:
                         (run.engine.steps, run.engine.eval_steps))
         return result
 
-    def _step(self, stop_requested: bool) -> dict | None:
-        """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch."""
+    def _step(self, stop_requested: bool, before: bool) -> dict | None:
+        """One meta-update; its metrics, or None when nan_policy=skip dropped the meta-batch.
+        `before`: also measure the meta-batch's query metrics before adaptation (once per log
+        window, since only the log reads them)."""
         run, group, it = self.run, self.group, self.progress.iteration
         size = run.trainer.meta_batch_size
         episode = run.task.sample("train", size, self.sampler)
@@ -171,6 +173,8 @@ class Trainer:
             self.unchecked.append((it, norms))
             if len(self.unchecked) >= MAX_UNCHECKED:  # however long trainer.log_every is
                 self._check_finite()
+        if before:  # with the meta-parameters this meta-batch adapted from
+            metrics |= run.engine.before(self.params, self.buffers, episode)
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
             run.optimizer.step(lambda: run.engine.surrogate(self.params, self.buffers, episode))
             metrics |= run.optimizer.stats

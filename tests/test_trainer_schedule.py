@@ -93,3 +93,36 @@ def test_a_long_log_window_still_inspects_the_nan_norms_every_max_unchecked(tmp_
     with pytest.raises(UserError, match="NaN or infinite at iteration 1 "):
         trainer.fit()
     assert trainer.progress.iteration == 3
+
+
+def test_the_metrics_before_adaptation_come_from_each_log_window_s_first_meta_batch(
+        tmp_path, monkeypatch):
+    measured, iterations = {}, []  # iteration: the loss before adaptation it measured
+    meta_backward, before = engine.Engine.meta_backward, engine.Engine.before
+
+    def counted(self, *args):
+        iterations.append(len(iterations) + 1)
+        return meta_backward(self, *args)
+
+    def recorded(self, params, buffers, episode):
+        metrics = before(self, params, buffers, episode)
+        measured[iterations[-1]] = metrics["loss_pre"].item()
+        return metrics
+
+    monkeypatch.setattr(engine.Engine, "meta_backward", counted)
+    monkeypatch.setattr(engine.Engine, "before", recorded)
+    _, windows = train(tmp_path / "windows")
+    assert list(measured) == [1, 6]  # log_every=5: iterations 1-5 and 6-10
+    events = EventAccumulator(str(tmp_path / "windows" / "tb")).Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/query_loss_pre")]
+    assert [step for step, _ in logged] == [5, 10]
+    assert [value for _, value in logged] == pytest.approx(list(measured.values()))
+    assert len(events.Scalars("train/query_loss_post")) == 2
+
+    # Measuring them every iteration trains the same meta-parameters: it has no side effects.
+    iterations.clear()
+    measured.clear()
+    _, every = train(tmp_path / "every", "trainer.log_every=1")
+    assert list(measured) == list(range(1, 11))
+    for key, value in windows["model"].items():
+        torch.testing.assert_close(every["model"][key], value, rtol=0, atol=0)

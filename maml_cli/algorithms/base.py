@@ -105,15 +105,21 @@ class Algorithm:
                                  transductive)
         return torch.stack([torch.atleast_1d(self.metric_fn(p, y)) for p, y in outcomes])
 
-    def metrics(self, before: tuple[Tensor, Tensor],
-                after: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        """Loss and metric of the (query predictions, targets) before and after adaptation."""
-        (before, before_y), (after, after_y) = before, after
-        before, after = before.detach(), after.detach()
-        return {"loss_pre": self.loss_fn(before, before_y),
-                "loss_post": self.loss_fn(after, after_y),
-                "metric_pre": torch.atleast_1d(self.metric_fn(before, before_y))[0],
-                "metric_post": torch.atleast_1d(self.metric_fn(after, after_y))[0]}
+    def metrics(self, outcome: tuple[Tensor, Tensor], when: str = "post") -> dict[str, Tensor]:
+        """Loss and main metric of (query predictions, targets), after adaptation ("post") or
+        before it ("pre")."""
+        prediction, target = outcome[0].detach(), outcome[1]
+        return {f"loss_{when}": self.loss_fn(prediction, target),
+                f"metric_{when}": torch.atleast_1d(self.metric_fn(prediction, target))[0]}
+
+    def before(self, params, buffers, support_x, support_y, query_x, query_y):
+        """One task's query metrics before adaptation. Training measures them on one meta-batch
+        per log window, not in task_loss: there this extra forward of the query set, for a number
+        that is only logged, was most of what made the eager loop slower than a naive loop
+        (docs/performance.md, "The pre-adaptation forward")."""
+        outcome = next(iter(self.outcomes(params, buffers, support_x, support_y, query_x,
+                                          query_y, steps=0)))
+        return self.metrics(outcome, "pre")
 
 
 class NoInnerLoop(Algorithm):
@@ -137,7 +143,7 @@ class NoInnerLoop(Algorithm):
 
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         query = (self.scores(params, buffers, support_x, support_y, query_x), query_y)
-        return self.loss_fn(*query), self.metrics(query, query)
+        return self.loss_fn(*query), self.metrics(query)
 
     def outcomes(self, params, buffers, support_x, support_y, query_x, query_y, steps: int,
                  transductive: bool = True):

@@ -210,8 +210,6 @@ class MAML(Algorithm):
     def task_loss(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         path = self._training_path(params, buffers, support_x, support_y, query_x, query_y,
                                    steps=steps)
-        with torch.no_grad():
-            before = path[0].query()
         after = path[-1].query()
         weights = self.step_weights(steps)
         if weights is None:
@@ -219,7 +217,7 @@ class MAML(Algorithm):
         else:
             outcomes = [point.query() for point in path[1:-1]] + [after]
             loss = sum(w * self.objective_fn(*o) for w, o in zip(weights, outcomes))
-        return loss, self.metrics(before, after)
+        return loss, self.metrics(after)
 
     def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """One task's meta-objective and the KL of its adapted policy from the one that drew

@@ -27,7 +27,7 @@ class Pretrain(MAML):
         out = self.forward(params, buffers, torch.cat([support_x, query_x]))
         loss = self.loss_fn(out, torch.cat([support_y, query_y]))
         query = (out[support_x.shape[0]:], query_y)
-        return loss, self.metrics(query, query)
+        return loss, self.metrics(query)
 
     def surrogate(self, params, buffers, support_x, support_y, query_x, query_y, steps: int):
         """The meta-objective and KL of the one policy, unadapted (outer=trpo)."""

@@ -66,10 +66,10 @@ class Reptile(MAML):
         path = list(self.trajectory(start, buffers, support_x, support_y, query_x, query_y,
                                     steps, first_order=True))
         with torch.no_grad():
-            before, after = path[0].query(), path[-1].query()
+            after = path[-1].query()
         adapted = path[-1].params
         loss = sum(0.5 * (p - adapted[k].detach()).pow(2).sum() for k, p in params.items())
-        metrics = self.metrics(before, after)
+        metrics = self.metrics(after)
         if self.kept_names:
             final = tree_flatten(path[-1].state)[0]
             metrics[CARRY] = {n: v.detach() for n, v in zip(self.kept_names, final)}

@@ -216,16 +216,20 @@ def test_adaptation_curve_tracks_metric_after_each_step(strategy):
             fast = [(p - LR * g).detach().requires_grad_() for p, g in zip(fast, grads)]
 
 
-def test_task_loss_reports_metrics_before_and_after_adaptation():
+def test_metrics_before_adaptation_are_the_unadapted_network_s_and_only_asked_for():
     model, loss_fn, metric_fn, episode, naive_forward = sinusoid_case(0, tasks=2)
     algorithm = MAML(model, loss_fn, metric_fn, SGD(LR))
     params = dict(model.named_parameters())
-    _, metrics = Engine(algorithm, "loop").meta_backward(params, {}, episode)
+    engine = Engine(algorithm, "loop")
+    _, metrics = engine.meta_backward(params, {}, episode)
+    assert set(metrics) == {"loss_post", "metric_post"}  # the meta-iteration skips that forward
     weights = [p.detach() for p in params.values()]
     want = sum(F.mse_loss(naive_forward(weights, episode.query_x[t]), episode.query_y[t])
                for t in range(2)) / 2
-    torch.testing.assert_close(metrics["loss_pre"], want)
-    assert set(metrics) == {"loss_pre", "loss_post", "metric_pre", "metric_post"}
+    before = engine.before(params, {}, episode)
+    assert set(before) == {"loss_pre", "metric_pre"}
+    torch.testing.assert_close(before["loss_pre"], want)
+    assert before["loss_pre"] > metrics["loss_post"]  # one step of 0.01 lowered the mean query loss
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

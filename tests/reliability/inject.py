@@ -32,10 +32,10 @@ def at_iteration(iteration: int, fault) -> None:
     """Run fault(trainer) at the start of that iteration's step."""
     step = Trainer._step
 
-    def faulty(self, *args):
+    def faulty(self, *args, **kwargs):
         if self.progress.iteration == iteration:
             fault(self)
-        return step(self, *args)
+        return step(self, *args, **kwargs)
 
     Trainer._step = faulty
 
