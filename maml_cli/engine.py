@@ -221,11 +221,10 @@ class Engine:
     def before(self, params, buffers, episode: Episode) -> dict:
         """The collected meta-batch's query metrics before adaptation (Algorithm.before),
         averaged over its tasks; uncompiled, since it runs once per log window."""
-        if self.amp is None:
-            return _task_mean(self.map_tasks(self.algorithm.before, params, buffers, episode))
-        with torch.autocast(episode.support_x.device.type, self.amp):
-            metrics = self.map_tasks(self.algorithm.before, params, buffers, episode)
-        return {k: v.float() for k, v in _task_mean(metrics).items()}
+        with torch.autocast(episode.support_x.device.type, self.amp, enabled=bool(self.amp)):
+            metrics = _task_mean(self.map_tasks(self.algorithm.before, params, buffers, episode))
+        # Under trainer.amp the metrics come out in its dtype: at least float32 for the log.
+        return {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in metrics.items()}
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
         try:

@@ -171,9 +171,9 @@ def test_compiled_engine_recompiles_only_when_the_derivative_order_switches(stra
 
 
 def test_bf16_autocast_meta_loss_is_close_to_float32s():
-    """trainer.amp=bf16 on the conv net: the meta-loss within 2% of float32's, and the
-    meta-gradient pointing the same way (second order through bf16 is far from exact:
-    docs/performance.md)."""
+    """trainer.amp=bf16 on the conv net: the meta-loss and the loss before adaptation within 2%
+    of float32's, and the meta-gradient pointing the same way (second order through bf16 is far
+    from exact: docs/performance.md)."""
     model, loss_fn, metric_fn, episode, _ = CASES["conv4"](0, tasks=2)
     model.float()
     episode = Episode(*(t.float() if t.is_floating_point() else t for t in episode.tensors()))
@@ -183,8 +183,10 @@ def test_bf16_autocast_meta_loss_is_close_to_float32s():
     for engine in (Engine(algorithm, "loop"), Engine(algorithm, "loop", amp="bf16")):
         model.zero_grad()
         loss, metrics = engine.meta_backward(params, {}, episode)
-        assert loss.dtype == metrics["loss_post"].dtype == torch.float32
-        results.append((loss, torch.cat([p.grad.flatten() for p in params.values()])))
-    (loss, grad), (amp_loss, amp_grad) = results
+        before = engine.before(params, {}, episode)["loss_pre"]
+        assert loss.dtype == metrics["loss_post"].dtype == before.dtype == torch.float32
+        results.append((loss, torch.cat([p.grad.flatten() for p in params.values()]), before))
+    (loss, grad, before), (amp_loss, amp_grad, amp_before) = results
     assert abs(amp_loss - loss) <= 0.02 * loss
+    assert abs(amp_before - before) <= 0.02 * before
     assert torch.nn.functional.cosine_similarity(amp_grad, grad, dim=0) > 0.5
