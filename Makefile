@@ -8,10 +8,11 @@ RUN ?= outputs/$(shell date +%Y-%m-%d)/$(shell date +%H-%M-%S)-default
 
 .PHONY: install train eval test bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml benchmarks/install_learn2learn.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -e ".[dev,rl,table]"
+	PYTHON=$(BIN)/python bash benchmarks/install_learn2learn.sh
 	touch $@
 
 install: $(STAMP)
@@ -28,7 +29,7 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-## bench: maml-cli's engine against higher and a naive loop, every algorithm's speed, the trainer's overhead, evaluation and the RL phases (docs/performance.md), ~33 min on 2 cores (27 before the evaluation rows, which took 6 on one thread)
+## bench: maml-cli's engine against higher, learn2learn and a naive loop, every algorithm's speed, the trainer's overhead, evaluation and the RL phases (docs/performance.md), ~33 min on 2 cores (27 before the evaluation rows, which took 6 on one thread)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --out benchmarks/results/latest.json $(ARGS)
 

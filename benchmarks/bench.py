@@ -13,10 +13,13 @@ the resident set of a fresh process running one meta-iteration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib.metadata
+import io
 import json
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +56,13 @@ from maml_cli.models.resnet12 import ResNet12
 from maml_cli.optim import TRPO
 from maml_cli.tasks.navigation import Navigation2D
 from maml_cli.trainer import Trainer
+
+try:  # a baseline where installed (make install runs benchmarks/install_learn2learn.sh; the GPU
+    # machines lent for minutes lack it); its import of gym prints gym's retirement notice
+    with contextlib.redirect_stderr(io.StringIO()):
+        import learn2learn
+except ImportError:
+    learn2learn = None
 
 
 @dataclass
@@ -183,6 +194,17 @@ def with_higher(w: Workload, model, ep: Episode, first_order: bool) -> None:
                 query.backward()
 
 
+def with_learn2learn(w: Workload, model, ep: Episode, first_order: bool) -> None:
+    """learn2learn's documented MAML loop (its examples/vision/maml_omniglot.py): a clone of the
+    wrapped model per task, adapt() per inner step; first order by its own switch."""
+    maml = learn2learn.algorithms.MAML(model, lr=w.lr, first_order=first_order)
+    for t in range(ep.num_tasks):
+        learner = maml.clone()
+        for _ in range(w.steps):
+            learner.adapt(w.loss(learner(ep.support_x[t]), ep.support_y[t]))
+        (w.loss(learner(ep.query_x[t]), ep.query_y[t]) / ep.num_tasks).backward()
+
+
 class MamlCli:
     """maml-cli's engine. Like the trainer, which makes them once per run, it makes the
     algorithm and engine once per model and order: a compiled engine compiles on first use."""
@@ -205,6 +227,8 @@ def implementations(model, device, compile: bool = False) -> dict:
     auto = choose_strategy("auto", model, device)  # compiled: whatever a task's size
     variants = [(s, False) for s in STRATEGIES] + ([(auto, True)] if compile else [])
     impls = {"naive loop": naive_loop, "higher": with_higher}
+    if learn2learn is not None:
+        impls["learn2learn"] = with_learn2learn
     for strategy, compiled in variants:
         impls[f"maml-cli {strategy}{' + compile' if compiled else ''}"] = MamlCli(strategy,
                                                                                  compiled)
@@ -359,6 +383,8 @@ def bench(name: str, w: Workload, device: torch.device, first_order: bool,
     for row in rows.values():
         row["x_naive"] = rows["naive loop"]["ms"] / row["ms"]
         row["x_higher"] = rows["higher"]["ms"] / row["ms"]
+        if "learn2learn" in rows:
+            row["x_learn2learn"] = rows["learn2learn"]["ms"] / row["ms"]
     rows = mark_default(rows, w, model, ep, device)
     result = {"workload": name, "description": w.description,
               "order": "first" if first_order else "second", "rows": rows}
@@ -531,7 +557,9 @@ def bench_trainer(device: torch.device, iterations: int = 15000) -> dict:
 
 def machine(device: torch.device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
-            "higher": importlib.metadata.version("higher"), "threads": torch.get_num_threads(),
+            "higher": importlib.metadata.version("higher"),
+            "learn2learn": learn2learn.__version__ if learn2learn else None,
+            "threads": torch.get_num_threads(),
             "cudnn_tf32": torch.backends.cudnn.allow_tf32,
             "cpu": platform.processor()}
     try:
@@ -555,17 +583,25 @@ def table(title: str, columns: tuple[str, ...], rows) -> Table:
     return t
 
 
+def speedups(result: dict) -> list[str]:
+    """The baselines a workload's rows have a speed-up over: x_naive, x_higher and, in files
+    from a machine that had it, x_learn2learn."""
+    return [k for k in ("x_naive", "x_higher", "x_learn2learn")
+            if k in next(iter(result["rows"].values()))]
+
+
 def show(results: list[dict], info: dict, device: torch.device) -> None:
     console = Console(width=150)
     console.print(f"[bold]maml-cli benchmark[/] on {device}: {info}")
     for r in results:
         floor = f", floor {r['floor_ms']:.0f} ms ({r['gflop']:.0f} GFLOP at " \
                 f"{r['dense_gflop_per_s']:.0f} GFLOP/s)" if "floor_ms" in r else ""
+        x = speedups(r)
         console.print(table(
             f"{r['workload']} {r['order']} order: {r['description']}{floor}",
-            ("implementation", "ms/iter", "x naive", "x higher", "peak MB", "grad rel. error",
-             "of floor"),
-            ((label, f"{row['ms']:.2f}", f"{row['x_naive']:.2f}", f"{row['x_higher']:.2f}",
+            ("implementation", "ms/iter", *(k.replace("_", " ") for k in x), "peak MB",
+             "grad rel. error", "of floor"),
+            ((label, f"{row['ms']:.2f}", *(f"{row[k]:.2f}" for k in x),
               "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
               f"{row['grad_rel_error']:.1e}", f"{row['of_floor']:.0%}" if "of_floor" in row else "")
              for label, row in r["rows"].items())))
@@ -614,19 +650,21 @@ def markdown(data: dict) -> str:
     for r in data["results"]:
         floor = (f" (floor {r['floor_ms']:.0f} ms: {r['gflop']:.0f} GFLOP at "
                  f"{r['dense_gflop_per_s']:.0f} GFLOP/s)" if "floor_ms" in r else "")
+        x = speedups(r)
+        columns = ["implementation", "ms/iter", *(k.replace("_", " ") for k in x), "peak MB",
+                   "grad rel. error", "of floor"]
         lines += [f"**{r['workload']}, {r['order']} order**{floor}", "",
-                  "| implementation | ms/iter | x naive | x higher | peak MB | grad rel. error "
-                  "| of floor |", "|---|---|---|---|---|---|---|"]
+                  "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         best = min(r["rows"], key=lambda label: r["rows"][label]["ms"])
         for label, row in r["rows"].items():
             cells = [label, f"{row['ms']:.2f}" if row["ms"] < 10 else f"{row['ms']:.1f}"
                      if row["ms"] < 100 else f"{row['ms']:.0f}",
-                     f"{row['x_naive']:.2f}", f"{row['x_higher']:.2f}",
+                     *(f"{row[k]:.2f}" for k in x),
                      "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}",
                      f"{row['grad_rel_error']:.1e}",
                      f"{row['of_floor']:.0%}" if "of_floor" in row else ""]
             if label == best:
-                cells[:4] = [f"**{c}**" for c in cells[:4]]
+                cells[:2 + len(x)] = [f"**{c}**" for c in cells[:2 + len(x)]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for r in data.get("algorithms", []):
@@ -712,7 +750,9 @@ def main() -> None:
     show_rl(rl)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": str(device), "machine": info, "results": results,
+            json.dump({"command": shlex.join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
+                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "device": str(device), "machine": info, "results": results,
                        "algorithms": algorithms, "trainer": trainer, "eval": evaluation,
                        "rl": rl}, f, indent=1)
 

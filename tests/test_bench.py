@@ -1,6 +1,6 @@
 """The benchmark harness on a small workload: every implementation (maml-cli's engines,
-higher, the naive loop) computes the same meta-gradient, and the report has every column; the
-GPU speed script runs through on the CPU."""
+higher, learn2learn, the naive loop) computes the same meta-gradient, and the report has every
+column; the GPU speed script runs through on the CPU."""
 
 import dataclasses
 import json
@@ -22,7 +22,7 @@ import bench  # noqa: E402
 
 # A 10-iteration run: compile=auto never picks compiling for it, however slow the machine.
 SMALL = bench.Workload("sinusoid MLP", tasks=4, steps=2, lr=0.01, repeats=2, run_iterations=10)
-LABELS = {"naive loop", "higher", "maml-cli vmap", "maml-cli loop"}
+LABELS = {"naive loop", "higher", "learn2learn", "maml-cli vmap", "maml-cli loop"}
 
 
 def test_report_of_a_small_second_order_workload():
@@ -30,18 +30,27 @@ def test_report_of_a_small_second_order_workload():
     assert set(result["rows"]) == LABELS - {"maml-cli vmap"} | {"maml-cli vmap (= default)"}
     for row in result["rows"].values():
         assert row["grad_rel_error"] < 1e-5 and len(row["times"]) == 2 and row["ms"] > 0
-        assert row["x_naive"] > 0 and row["x_higher"] > 0 and row["peak_mb"] >= 0
+        assert row["x_naive"] > 0 and row["x_higher"] > 0 and row["x_learn2learn"] > 0
+        assert row["peak_mb"] >= 0
+    assert "| implementation | ms/iter | x naive | x higher | x learn2learn | peak MB |" in \
+        bench.markdown({"results": [result]})
 
 
+TINY_CONV = bench.Workload("tiny conv4", tasks=2, steps=2, lr=0.1, ways=3, shots=1, queries=2,
+                           repeats=1)
+
+
+@pytest.mark.parametrize("workload", [SMALL, TINY_CONV], ids=["mlp", "conv4"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_every_implementation_computes_the_reference_meta_gradient(first_order):
+def test_every_implementation_computes_the_reference_meta_gradient(workload, first_order):
     torch.manual_seed(0)
-    model = SMALL.model().double()
-    episode = SMALL.episode(torch.device("cpu"), torch.Generator().manual_seed(0))
-    episode = bench.Episode(*(t.double() for t in episode.tensors()))
+    model = workload.model().double()
+    episode = workload.episode(torch.device("cpu"), torch.Generator().manual_seed(0))
+    episode = bench.Episode(*(t.double() if t.is_floating_point() else t
+                              for t in episode.tensors()))
     impls = bench.implementations(model, torch.device("cpu"))
     assert set(impls) == LABELS
-    grads = {label: bench.meta_grad(fn, SMALL, model, episode, first_order)
+    grads = {label: bench.meta_grad(fn, workload, model, episode, first_order)
              for label, fn in impls.items()}
     reference = grads.pop("naive loop")
     for label, grad in grads.items():
@@ -162,6 +171,9 @@ def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_pa
                                                                 "maml-cli loop"}
     assert summary["graphs"]["sinusoid tasks/s, median window"] > 0
     assert summary["graphs"]["omniglot tasks/s, median window"] > 0
+    written = json.loads((tmp_path / "outputs" / "speed" / "bench-graphs.json").read_text())
+    assert written["command"].startswith("python benchmarks/bench.py --device cpu --workloads ''")
+    assert written["finished"].startswith("20") and written["machine"]["threads"] >= 1
     with tarfile.open(tmp_path / "out" / "speed.tgz") as packed:
         names = set(packed.getnames())
     runs = "outputs/speed"
