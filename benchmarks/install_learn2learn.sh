@@ -22,7 +22,7 @@ PYTHONPATH="$work/cython" "$python" -m cython -3 \
 sed -i 's/packages=find_packages()/packages=find_packages(include=["learn2learn*"])/' \
     "$work/learn2learn-$version/setup.py"
 grep -q 'include=\["learn2learn\*"\]' "$work/learn2learn-$version/setup.py"
-"$python" -m pip install -q --no-deps "$work/learn2learn-$version"
 "$python" -m pip install -q "gym==0.26.2" requests
+"$python" -m pip install -q --no-deps "$work/learn2learn-$version"
 "$python" -c "import learn2learn; print('learn2learn', learn2learn.__version__, 'installed')" \
     2>/dev/null
