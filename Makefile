@@ -29,7 +29,7 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-## bench: maml-cli's engine against higher, learn2learn and a naive loop, every algorithm's speed, the trainer's overhead, evaluation and the RL phases (docs/performance.md), ~33 min on 2 cores (27 before the evaluation rows, which took 6 on one thread)
+## bench: maml-cli's engine against higher, learn2learn and a naive loop, every algorithm's speed, the trainer's overhead, evaluation and the RL phases (docs/performance.md), ~33 min on 2 cores before learn2learn's rows, which take about as long as the naive loop's (27 before the evaluation rows, which took 6 on one thread)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --out benchmarks/results/latest.json $(ARGS)
 
