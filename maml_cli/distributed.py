@@ -17,6 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# Imported before any process group exists: its functions take `group=group.WORLD` as a default,
+# evaluated at import, and torch.func imports it during a run (through torch._dynamo). Imported
+# once the group exists, it kept the group past destroy_process_group, and gloo's threads with
+# it, which then aborted a rank at exit now and then (std::terminate) after a finished run.
+import torch.distributed.nn.functional  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Group:
@@ -109,9 +115,9 @@ def gather(items: list) -> list:
 
 
 def close() -> None:
-    """Leave the process group once every rank has finished: a rank that tore down its gloo
-    connections while rank 0 was still writing its last checkpoint aborted now and then
-    (std::terminate), failing a run that had succeeded."""
+    """Leave the process group once every rank has finished (a rank that tears down its gloo
+    connections while rank 0 still writes its last checkpoint can abort), so that no
+    collective's threads run on into the interpreter's exit."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

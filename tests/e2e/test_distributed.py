@@ -39,6 +39,30 @@ def test_two_ranks_match_one_process_with_the_same_uneven_meta_batch(tmp_path, a
     assert abs(two["best"] - one["best"]) < 1e-5
 
 
+# A rank whose process group outlived destroy_process_group still ran gloo's threads when the
+# interpreter exited, and now and then aborted there (std::terminate) after a finished run.
+# torch.distributed.nn.functional binds the default group into its functions' defaults when it
+# is imported, and torch.func imports it late (through torch._dynamo), as the run does here.
+LEAVE = """
+import os, sys
+from maml_cli import distributed
+distributed.launch_overrides(["device=cpu"], shared_run_dir=False)
+import torch._dynamo  # noqa: F401
+distributed.close()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+sys.exit(f"threads left: {threads}" if any("gloo" in t for t in threads) else 0)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+def test_leaving_the_group_stops_its_threads_even_after_late_torch_imports(tmp_path):
+    (tmp_path / "leave.py").write_text(LEAVE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok(subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "leave.py"],
+                      cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                      env=env))
+
+
 def test_maml_eval_shards_its_test_tasks_and_reports_what_one_process_does(trained_run,
                                                                            tmp_path):
     shutil.copy(trained_run / "checkpoints" / "last.pt", tmp_path / "last.pt")
