@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 
 def _flat(tensors, like) -> torch.Tensor:
@@ -88,15 +89,22 @@ class TRPO(torch.optim.Optimizer):
         return loss
 
 
+def _unhooked(step):
+    """`step` without the profiler record and step hooks that torch wraps around an optimizer's
+    step (once per class: a torch.optim.Adam made before might have wrapped torch's already)."""
+    return step.__wrapped__ if getattr(step, "hooked", False) else step
+
+
 class Adam(torch.optim.Adam):
     """torch.optim.Adam with fused=True that, once its state exists, hands each step straight to
     torch's fused kernel when it is used as the outer loop uses it (one group of dense tensors
-    on one device, every one with a gradient; no amsgrad, weight decay or maximize): on small
-    models Adam.step's own per-call bookkeeping (grouping the tensors by device, state lookups,
-    graph-capture checks) costs more than the update (make bench's T1, docs/performance.md).
-    The same kernel on the same state: its steps and state_dict are torch's, bit for bit
-    (tests/test_optim.py). Anything else takes torch's own step; Optimizer's step hooks and
-    profiler record still wrap this one."""
+    on one device, every one with a gradient; no amsgrad, weight decay or maximize) and nothing
+    observes the step (no step hooks, no profiler). On small models Adam.step's own per-call
+    bookkeeping (grouping the tensors by device, state lookups, graph-capture checks) and the
+    profiler record torch wraps around every step cost more than the update (make bench's T1,
+    docs/performance.md). The same kernel on the same state: its steps and state_dict are
+    torch's, bit for bit (tests/test_optim.py). Anything else takes torch's own step, inside its
+    record and hooks."""
 
     # (params, exp_avgs, exp_avg_sqs, steps) once the state exists; False: torch's step
     _fast = None
@@ -124,18 +132,28 @@ class Adam(torch.optim.Adam):
         return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states])
 
-    @torch.no_grad()
+    def _observed(self) -> bool:
+        return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                    or torch.autograd._profiler_enabled())
+
     def step(self, closure=None):
         if self._fast is None and self.state:
             self._fast = self._fast_lists() or False
         grads = [p.grad for p in self._fast[0]] if self._fast else None
-        if closure is not None or grads is None or any(g is None or g.is_sparse for g in grads):
-            return super().step(closure)
+        if closure is not None or grads is None or any(g is None or g.is_sparse for g in grads) \
+                or self._observed():
+            return self._torch_step(closure)
         params, exp_avgs, exp_avg_sqs, steps = self._fast
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
-                           eps=group["eps"], maximize=False)
+        with torch.no_grad():
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                               eps=group["eps"], maximize=False)
         return None
+
+    # torch would wrap this step in its record and hooks: it does that only where it defers.
+    step.hooked = True
+    _torch_step = torch.optim.Optimizer.profile_hook_step(_unhooked(torch.optim.Adam.step))

@@ -5,6 +5,7 @@ differentiates."""
 import math
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
@@ -117,3 +118,31 @@ def test_outer_adam_takes_torchs_step_for_what_its_kernel_call_does_not_cover():
         assert ours._fast is False
         assert torch.equal(w, theirs.param_groups[0]["params"][0])
         w.data.fill_(1.0)
+
+
+def test_outer_adam_keeps_step_hooks_and_the_profilers_record():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    optimizer = Adam(params, lr=1e-2, fused=True)
+    calls = []
+
+    def step(times=1):
+        for _ in range(times):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+
+    step(2)  # the state exists: unobserved steps go to the kernel directly
+    assert optimizer._fast
+    pre = optimizer.register_step_pre_hook(lambda *a: calls.append("pre"))
+    post = register_optimizer_step_post_hook(
+        lambda *a: calls.append("global post"))
+    step()
+    assert calls == ["pre", "global post"]
+    pre.remove()
+    post.remove()
+    step()
+    assert calls == ["pre", "global post"]  # removed hooks are no longer called
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(2)
+    assert sum(e.name == "Optimizer.step#Adam.step" for e in prof.events()) == 2
