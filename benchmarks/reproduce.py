@@ -173,13 +173,23 @@ def train(row: dict, run_root: Path, machine: list[str], stop_after: int | None,
     return [s for s in segments(run_root) if last_state(s) is not None]
 
 
+def validated_in_training(state: dict) -> bool:
+    """Whether a run (its last checkpoint's `state`) validated after it began training. Its
+    validation of the untrained network, at iteration 0, writes best.pt too, which a row
+    stopped before its first scheduled validation must not report as its result."""
+    trainer = state["config"]["trainer"]
+    return bool(trainer["val_every"]) and (state["iteration"] >= trainer["val_every"]
+                                           or state["iteration"] == trainer["iterations"])
+
+
 def run_maml_eval(row: dict, done: list[Path], machine: list[str], out: Path,
-                  kept_best: Path | None = None, nproc: int = 1) -> float:
-    """maml-eval on a weights-only copy of the best checkpoint, written beside it in `out`;
-    `kept_best`: the best of the segments before `done` (a continued row's model.pt)."""
+                  validated: bool, kept_best: Path | None = None, nproc: int = 1) -> float:
+    """maml-eval on a weights-only copy of the best checkpoint (`validated`: if the run
+    validated in training, else its last), written beside it in `out`; `kept_best`: the best
+    of the segments before `done` (a continued row's model.pt)."""
     # A resumed segment writes best.pt only when it improves on the best so far, so the newest
-    # best.pt of all segments is the best; without validation, the last checkpoint.
-    best = [s / "checkpoints" / "best.pt" for s in done]
+    # best.pt of all segments is the best.
+    best = [s / "checkpoints" / "best.pt" for s in done] if validated else []
     best = [p for p in best if p.is_file()]
     source = best[-1] if best else kept_best or done[-1] / "checkpoints" / "last.pt"
     state = torch.load(source, map_location="cpu", weights_only=True)
@@ -204,8 +214,8 @@ def reproduce(name: str, row: dict, args) -> None:
     # A row continued from resume.pt on a fresh clone: its segments before this run folder's.
     earlier = run_root / "earlier.json"
     earlier = json.loads(earlier.read_text()) if earlier.is_file() else {}
-    validated = last_state(done[-1])["best"] is not None
-    eval_s = run_maml_eval(row, done, machine, out,
+    validated = validated_in_training(last_state(done[-1]))
+    eval_s = run_maml_eval(row, done, machine, out, validated,
                            out / "model.pt" if earlier and validated else None, args.nproc)
     (out / "eval.log").unlink(missing_ok=True)
     config = torch.load(out / "model.pt", map_location="cpu", weights_only=True)

@@ -120,6 +120,18 @@ def test_a_row_stopped_early_says_so_then_continues_with_resume(tmp_path):
     assert means(again) == pytest.approx(means(stored))
 
 
+def test_a_row_stopped_before_its_first_validation_reports_its_last_checkpoint(tmp_path):
+    """Not best.pt, which then holds the untrained network (validated at iteration 0)."""
+    (tmp_path / "rows.yaml").write_text(TINY)
+    (tmp_path / "doc.md").write_text(f"# r\n{reproduce.BEGIN}\n{reproduce.END}\n")
+    reproduce_tiny(tmp_path, "--stop-after", "10")  # validation every 20
+    assert torch.load(tmp_path / "runs/tiny/seg1/checkpoints/best.pt",
+                      weights_only=True)["iteration"] == 0
+    record = json.loads((tmp_path / "results" / "tiny" / "row.json").read_text())
+    assert record["iterations_done"] == record["evaluated_iteration"] == 10
+    assert "best.pt from" not in (tmp_path / "doc.md").read_text()
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_time_limit_stops_the_training_with_a_checkpoint_and_evaluates_it(tmp_path, nproc):
     """With --nproc 2 the signal goes through torchrun, which forwards it to its workers."""
