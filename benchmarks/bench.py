@@ -517,40 +517,55 @@ def bench_rl(device: torch.device, tasks: int = 20, rollouts: int = 20, horizon:
             / rows["collect, lock-step"]["ms"]}
 
 
-def bench_trainer(device: torch.device, iterations: int = 15000) -> dict:
+def bench_trainer(device: torch.device, iterations: int = 15000, compile: str = "auto",
+                  cuda_graphs: bool = True) -> dict:
     """T1, the default run (`maml-train` with no options but the device) through the whole
-    trainer: ms per iteration of Trainer.fit over `iterations` (sampling, the outer step, the NaN
-    checks, TensorBoard logging, validation with its figure and the final checkpoint, all on
-    their default schedule), and of the engine's meta_backward inside it, timed in the same
-    run, so that a machine's drift hits both alike (on CUDA each meta_backward is synchronised
-    to be timed, which the trainer itself never does: there the overhead is an upper bound)."""
+    trainer, and T2, the same with trainer.compile=true (`compile`): ms per iteration of
+    Trainer.fit over `iterations` (sampling, the outer step, the NaN checks, TensorBoard
+    logging, validation with its figure and the final checkpoint, all on their default
+    schedule), and of the engine's step inside it (meta_backward, or meta_step where the whole
+    meta-iteration compiles, which includes the outer step), timed in the same run, so that a
+    machine's drift hits both alike (on CUDA each step is synchronised to be timed, which the
+    trainer itself never does: there the overhead is an upper bound). The first compiled step,
+    which compiles, counts in neither: its seconds are `compile_s`. `cuda_graphs`: the
+    trainer.cuda_graphs setting."""
     register_configs()
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"device={device.type}",
                                            f"device.threads={torch.get_num_threads()}",
-                                           f"trainer.iterations={iterations}"])
+                                           f"trainer.iterations={iterations}",
+                                           f"trainer.compile={compile}",
+                                           f"trainer.cuda_graphs={cuda_graphs}"])
     run = build(cfg)
     trainer = Trainer(run, Path(tempfile.mkdtemp(prefix="maml-bench-")))
-    meta_backward, inside = run.engine.meta_backward, []
+    inside, compiling = [], []
 
-    def timed(*args):
-        start = time.perf_counter()
-        result = meta_backward(*args)
-        sync(device)
-        inside.append(time.perf_counter() - start)
-        return result
+    def timed(step):
+        def call(*args):
+            start = time.perf_counter()
+            result = step(*args)
+            sync(device)
+            seconds = time.perf_counter() - start
+            (compiling if step is meta_step and not compiling else inside).append(seconds)
+            return result
+        return call
 
-    run.engine.meta_backward = timed
+    meta_step = run.engine.meta_step
+    run.engine.meta_backward = timed(run.engine.meta_backward)
+    run.engine.meta_step = timed(meta_step)
     sync(device)
     start = time.perf_counter()
     trainer.fit()
     sync(device)
-    trainer_ms = 1000 * (time.perf_counter() - start) / iterations
+    trainer_ms = 1000 * (time.perf_counter() - start - sum(compiling)) / iterations
     shutil.rmtree(trainer.run_dir)
     engine_ms = 1000 * sum(inside) / iterations
-    return {"workload": "T1", "description": f"the default run (sinusoid, {iterations} "
-            "iterations, validation every 1000) through the trainer",
+    return {"workload": "T1" if compile == "auto" else "T2",
+            "description": f"the default run (sinusoid, {iterations} iterations, validation "
+            f"every 1000) through the trainer{'' if compile == 'auto' else ', compiled'}",
             "engine": choose_strategy(run.engine.strategy, run.model, device),
+            "compiled": bool(trainer.progress.compiled),
+            "whole_iteration": bool(compiling), "compile_s": sum(compiling),
             "engine_ms": engine_ms, "trainer_ms": trainer_ms,
             "overhead": trainer_ms / engine_ms - 1}
 
@@ -620,9 +635,18 @@ def show_algorithms(results: list[dict]) -> None:
 def show_trainer(results: list[dict]) -> None:
     for r in results:
         Console(width=150).print(
-            f"{r['workload']}, {r['description']} (engine {r['engine']}): "
+            f"{r['workload']}, {r['description']} (engine {r['engine']}{compiled(r)}): "
             f"{r['trainer_ms']:.2f} ms per iteration, the engine's step {r['engine_ms']:.2f} ms: "
             f"overhead {r['overhead']:.0%}")
+
+
+def compiled(r: dict) -> str:
+    """How a trainer row's run compiled (files from before these keys: not said)."""
+    if not r.get("compiled"):
+        return "" if "compiled" not in r else ", eager"
+    if r["whole_iteration"]:
+        return f", the whole meta-iteration compiled in {r['compile_s']:.0f} s"
+    return ", compiled"
 
 
 def show_eval(results: list[dict]) -> None:
@@ -674,7 +698,8 @@ def markdown(data: dict) -> str:
                   for label, row in r["rows"].items()]
         lines.append("")
     for r in data.get("trainer", []):
-        lines += [f"**{r['workload']}**: {r['description']} (engine `{r['engine']}`)", "",
+        lines += [f"**{r['workload']}**: {r['description']} (engine `{r['engine']}`"
+                  f"{compiled(r)})", "",
                   "| the trainer, ms/iteration | the engine's step, ms | trainer overhead |",
                   "|---|---|---|",
                   f"| {r['trainer_ms']:.2f} | {r['engine_ms']:.2f} | {r['overhead']:.0%} |", ""]
@@ -707,8 +732,14 @@ def main() -> None:
                         help="workloads to time every algorithm on ('' for none)")
     parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
                         help="time the default run through the whole trainer (T1)")
+    parser.add_argument("--trainer-compiled", action=argparse.BooleanOptionalAction,
+                        default=True, help="and compiled (T2), where the default does not "
+                                           "compile")
     parser.add_argument("--trainer-iterations", type=int, default=15000,
-                        help="T1's run length (default: the default run's 15,000)")
+                        help="T1's and T2's run length (default: the default run's 15,000)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="T1's and T2's trainer.cuda_graphs (on CUDA: replay the compiled "
+                             "meta-iteration as CUDA graphs)")
     parser.add_argument("--eval", default=",".join(EVAL_WORKLOADS),
                         help=f"evaluation workloads to time under each strategy, of "
                              f"{', '.join(EVAL_WORKLOADS)} ('' for none)")
@@ -738,7 +769,12 @@ def main() -> None:
                for name in args.workloads.split(",") if name for order in args.orders.split(",")]
     algorithms = [bench_algorithms(name, WORKLOADS[name], device)
                   for name in args.algorithms.split(",") if name]
-    trainer = [bench_trainer(device, args.trainer_iterations)] if args.trainer else []
+    trainer = []
+    if args.trainer:
+        trainer = [bench_trainer(device, args.trainer_iterations, "auto", args.cuda_graphs)]
+        if args.trainer_compiled and not trainer[0]["compiled"]:
+            trainer.append(bench_trainer(device, args.trainer_iterations, "true",
+                                         args.cuda_graphs))
     evaluation = [bench_eval(name, EVAL_WORKLOADS[name], device)
                   for name in args.eval.split(",") if name]
     rl = [bench_rl(device)] if args.rl else []

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 18's GPU measurements (docs/performance.md, "The GPU measurements") on a machine lent
-# for a few minutes, in two modes: as maml-cli runs now (trainer.compile=auto compiles on CUDA),
-# and with CUDA graphs over that compiled engine (TORCHINDUCTOR_CUDAGRAPHS=1: inductor's
-# cudagraph trees, which torch.compile's mode="reduce-overhead" turns on), to see whether
-# capturing runs at all and whether it pays. In each mode:
+# for a few minutes, in two modes: with CUDA graphs (maml-cli's default on CUDA: the compiled
+# whole meta-iteration replayed as CUDA graphs, trainer.cuda_graphs=true; and for make bench's
+# compiled engine rows, TORCHINDUCTOR_CUDAGRAPHS=1: inductor's cudagraph trees over the compiled
+# meta-batch), and without them (plain: trainer.cuda_graphs=false, TORCHINDUCTOR_CUDAGRAPHS=0),
+# to see whether capturing runs at all and whether it pays. In each mode:
 #   bench-MODE.json: make bench's W2 (second order, against higher and the naive loop, compiled
 #     included; target: compiled at most 7.5 ms), T1 (the default sinusoid run through the
 #     trainer) and the evaluation rows E2, E4, E6 (vmap against the loop: engine=auto's choice);
@@ -38,17 +39,19 @@ step() {
     pack > /dev/null 2>&1
 }
 for mode in "${modes[@]}"; do
+    graphs=$([ "$mode" = graphs ] && echo true || echo false)
     export TORCHINDUCTOR_CUDAGRAPHS=$([ "$mode" = graphs ] && echo 1 || echo 0)
     step "bench-$mode" python3 benchmarks/bench.py --device "$DEVICE" \
         --workloads "${WORKLOADS-W2}" --orders second --algorithms '' \
-        --eval "${EVAL-E2,E4,E6}" --no-rl \
+        --eval "${EVAL-E2,E4,E6}" --no-rl --no-trainer-compiled \
+        "--$([ "$graphs" = true ] || echo no-)cuda-graphs" \
         --trainer-iterations "${T1_ITERATIONS:-5000}" --out "$runs/bench-$mode.json"
     step "sinusoid-$mode" maml-train task=sinusoid "device=$DEVICE" \
         "trainer.iterations=${SINUSOID_ITERATIONS:-3000}" "hydra.run.dir=$runs/sinusoid-$mode" \
-        ${OVERRIDES-}
+        "trainer.cuda_graphs=$graphs" ${OVERRIDES-}
     step "omniglot-$mode" maml-train +experiment=omniglot_5w1s "device=$DEVICE" \
         "trainer.iterations=${OMNIGLOT_ITERATIONS:-1000}" "hydra.run.dir=$runs/omniglot-$mode" \
-        ${OVERRIDES-}
+        "trainer.cuda_graphs=$graphs" ${OVERRIDES-}
 done
 python3 - "$runs" "$OUT/summary.json" "${modes[@]}" <<'PY'
 """The numbers the targets name, from what the runs wrote; a run that failed is left out."""

@@ -140,7 +140,8 @@ def build(cfg: DictConfig) -> Run:
         data_fn=task.task_data, objective_fn=task.query_loss, kl_fn=task.kl,
     )
     # Eager until the trainer settles trainer.compile (evaluation never compiles).
-    engine = Engine(algorithm, cfg.engine, amp=cfg.trainer.amp, task=task)
+    engine = Engine(algorithm, cfg.engine, amp=cfg.trainer.amp, task=task,
+                    cuda_graphs=cfg.trainer.cuda_graphs)
     trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     # The outer optimizer trains the model's weights and the algorithm's own.
     optimizer = make("outer", cfg.outer,

@@ -9,8 +9,10 @@ enough that the loop's per-operator overhead dominates; the loop for RL policies
 loop 1.2x vmap on the 2D-navigation meta-update). Models
 with torch's own batch norm always get the loop, and engine=vmap refuses them: its second-order
 gradients under vmap are wrong (conv4's hand-written batch norm is exact under both). Either
-strategy can be compiled (trainer.compile). An RL task's batch is collected first (collect()):
-from then on it is data like any other, under either strategy."""
+strategy can be compiled (trainer.compile); under vmap with the outer Adam, the whole
+meta-iteration compiles as one graph (meta_step), which CUDA graphs can replay. An RL task's
+batch is collected first (collect()): from then on it is data like any other, under either
+strategy."""
 
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.func import vmap
+from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from maml_cli.episode import Episode
 from maml_cli.errors import UserError
+from maml_cli.optim import adam_update
 from maml_cli.tasks.base import TaskFamily
 
 STRATEGIES = ("vmap", "loop")
@@ -92,26 +95,37 @@ def _stack(outputs: list):
 
 
 # trainer.compile=auto on the CPU compiles once the trainer has timed its first iterations and
-# the rest of the run, eager, would take longer than this. Compiling there took 30 s (the
-# sinusoid MLP) to over 2 minutes (conv4, five inner steps) on 2 cores and then made every
-# iteration 1.8-2.2x faster (docs/performance.md): a run this long repays it at least twice over.
+# the rest of the run, eager, would take longer than this. Compiling the meta-batch's forward
+# took 30 s (the sinusoid MLP) to over 2 minutes (conv4, five inner steps) on 2 cores and then
+# made every iteration 1.8-2.2x faster (docs/performance.md): a run this long repays it at least
+# twice over.
 CPU_COMPILE_AFTER_S = 600.0
+# The same where the whole meta-iteration compiles as one graph (Engine.meta_step): compiling
+# the sinusoid MLP's took 31 s with an empty compile cache on one thread, and the trainer then
+# ran 4.1x the eager iterations per second (docs/performance.md, "The whole meta-iteration as
+# one graph"), so a run this long repays it at least twice over too. The default run (40-60 s
+# eager on 2 cores) stays eager.
+CPU_WHOLE_COMPILE_AFTER_S = 90.0
 
 
 def choose_compile(setting: bool | str, device: torch.device, policy: bool = False,
-                   eager_s_left: float | None = None) -> bool | None:
+                   eager_s_left: float | None = None, whole: bool = False) -> bool | None:
     """Whether the engine compiles; None: trainer.compile=auto on the CPU, not yet known, which
     the trainer settles with `eager_s_left` (its first iterations' time, eager, times the
-    iterations left). Auto on CUDA: always, where benchmarks/bench.py measured 3x the iterations
-    per second (conv4 Omniglot on an H100), paid back after about 1,500 iterations. Never for
-    RL policies on the CPU: their TRPO step, which is not compiled, is most of an iteration."""
+    iterations left) and `whole` (whether the whole meta-iteration would compile:
+    Engine.can_meta_step). Auto on CUDA: always, where benchmarks/bench.py measured 3x the
+    iterations per second (conv4 Omniglot on an H100), paid back after about 1,500 iterations.
+    Never for RL policies on the CPU: their TRPO step, which is not compiled, is most of an
+    iteration."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return True
     if policy:
         return False
-    return None if eager_s_left is None else eager_s_left > CPU_COMPILE_AFTER_S
+    if eager_s_left is None:
+        return None
+    return eager_s_left > (CPU_WHOLE_COMPILE_AFTER_S if whole else CPU_COMPILE_AFTER_S)
 
 
 class Engine:
@@ -122,21 +136,25 @@ class Engine:
     loop), inner gradients included; autograd's backward runs through the compiled graph.
     `amp`: run that forward under torch.autocast in this dtype (None: float32).
     `task`: the task family, for RL tasks, whose batches collect() turns into rollouts.
-    `strategy`: vmap, loop, or auto: chosen for each meta-batch (strategy_for)."""
+    `strategy`: vmap, loop, or auto: chosen for each meta-batch (strategy_for).
+    `cuda_graphs`: on CUDA, capture the compiled meta-iteration (meta_step) as CUDA graphs."""
 
     def __init__(self, algorithm, strategy: str = "loop", compile: bool = False,
-                 amp: str | None = None, task: TaskFamily | None = None):
+                 amp: str | None = None, task: TaskFamily | None = None,
+                 cuda_graphs: bool = True):
         check_strategy(strategy, algorithm.model)
         self.algorithm, self.strategy, self.compile, self.task = algorithm, strategy, compile, task
         self.steps, self.eval_steps = algorithm.inner.steps, algorithm.inner.eval_steps
         self.amp = AMP_DTYPES[amp] if amp else None
+        self.cuda_graphs = cuda_graphs
         self._chosen = {}  # strategy_for's choices, by the tasks' shapes
         self._task_loss = None  # (strategy, fn): made once (compiling is slow) by _mapped_task_loss
+        self._meta_step = None  # (outer, graphs, its tensors, fn): made once by meta_step
 
     def set_compile(self, compile: bool) -> None:
         """Compile (or not) from the next meta-batch on: trainer.compile=auto's late choice."""
         if compile != self.compile:
-            self.compile, self._task_loss = compile, None
+            self.compile, self._task_loss, self._meta_step = compile, None, None
 
     @torch.no_grad()
     def collect(self, params, buffers, episode: Episode, steps: int | None = None) -> Episode:
@@ -197,12 +215,7 @@ class Engine:
             if strategy == "vmap":
                 fn = vmap(fn, in_dims=TASK_DIMS)
             if self.compile:
-                logging.getLogger("maml_cli").info(
-                    "trainer.compile: the first meta-batch compiles (30 s to minutes); "
-                    "trainer.compile=false skips that")
-                # A CUDA build of torch compiling for the CPU warns that there is no CUDA
-                # runtime, on stderr, on every run: true, and nothing to act on.
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+                _compiling.announce("the first meta-batch compiles (30 s to minutes)")
                 fn = torch.compile(fn)
             self._task_loss = strategy, fn
         return self._task_loss[1]
@@ -227,16 +240,12 @@ class Engine:
         return {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in metrics.items()}
 
     def _forward(self, fn, device: torch.device, *args, steps: int):
-        try:
+        with _compiling():
             if self.amp is None:
                 return fn(*args, steps=steps)
             with torch.autocast(device.type, self.amp):
                 loss, metrics = fn(*args, steps=steps)
             return loss.float(), tree_map(lambda v: v.float(), metrics)
-        except torch._dynamo.exc.TorchDynamoException as e:  # only raised when compiling
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
-                            f"run with trainer.compile=false") from None
 
     def surrogate(self, params, buffers, episode: Episode):
         """The collected meta-batch's mean meta-objective and mean KL of its adapted policies
@@ -245,6 +254,63 @@ class Engine:
         loss, kl = self.map_tasks(self.algorithm.surrogate, params, buffers, episode,
                                   steps=self.steps)
         return loss.mean(), kl.mean()
+
+    def can_meta_step(self, params, buffers, episode: Episode) -> bool:
+        """Whether meta_step can take this meta-batch's whole iteration, once compiling: under
+        vmap, in float32, with no meta-parameters but the model's (torch.func.grad
+        differentiates the model's alone) and no rollouts to collect."""
+        return (self.amp is None and next(self.algorithm.learned.parameters(), None) is None
+                and not (self.task is not None and self.task.needs_policy)
+                and self.strategy_for(params, buffers, episode, compiled=True) == "vmap")
+
+    def meta_step(self, params, buffers, episode: Episode, outer, lr: float):
+        """One whole meta-iteration as one compiled graph (where can_meta_step): the meta-gradient,
+        torch.func.grad of the mean query loss over the vmapped tasks, and the outer Adam step
+        in place (`outer`: optim.Adam.functional()'s tensors, `lr`: this iteration's rate); on
+        CUDA replayed as CUDA graphs (cuda_graphs). One graph instead of a backward pass and an
+        optimizer step around a compiled forward: on the CPU the sinusoid's took a fifth of the
+        eager meta-gradient's time, its outer step included (docs/performance.md, "The whole
+        meta-iteration as one graph"); on CUDA it is what capturing needs. Returns the mean
+        loss, the mean metrics and a vector of the norms of the loss and of every gradient (the
+        trainer's NaN check), detached."""
+        device = episode.support_x.device
+        if self._meta_step is None or self._meta_step[0] is not outer:
+            graphs = self.cuda_graphs and device.type == "cuda"
+            # Updated in place without autograd seeing it: detached views of the parameters.
+            state = ([p.detach() for p in outer[0]], *outer[1:4],
+                     torch.zeros((), dtype=torch.float64, device=device))
+            if graphs:  # replayed in place: the graphs read and update these very tensors
+                for t in (*state[0], *state[1], *state[2], *state[3], state[4],
+                          *buffers.values()):
+                    torch._dynamo.mark_static_address(t)
+            what = ("the whole meta-iteration compiles as one graph on its first call (30 s or "
+                    "more; seconds from torch's cache)")
+            _compiling.announce(what + (", then replays as CUDA graphs (trainer.cuda_graphs)"
+                                        if graphs else ""))
+            fn = partial(self._whole_iteration, [_name(params, p) for p in outer[0]], outer[4])
+            fn = torch.compile(fn, mode="reduce-overhead" if graphs else None)
+            self._meta_step = outer, graphs, state, fn
+        _, graphs, state, fn = self._meta_step
+        state[4].fill_(lr)
+        if graphs:  # the last replay's outputs are copied out below, nothing else reads them
+            torch.compiler.cudagraph_mark_step_begin()
+        with _compiling():
+            out = fn(*state, buffers, *episode.tensors())
+        return tree_map(torch.clone, out) if graphs else out
+
+    def _whole_iteration(self, names, hyper, params, exp_avgs, exp_avg_sqs, counts, lr, buffers,
+                         *tensors):
+        task_loss = vmap(self.algorithm.task_loss, in_dims=TASK_DIMS)
+
+        def mean_loss(named):
+            loss, metrics = task_loss(named, buffers, *tensors, steps=self.steps)
+            return loss.mean(), _task_mean(metrics)
+
+        grads, (loss, metrics) = grad_and_value(mean_loss, has_aux=True)(dict(zip(names, params)))
+        grads = [grads[n] for n in names]
+        with torch.no_grad():
+            adam_update(params, grads, exp_avgs, exp_avg_sqs, counts, lr, *hyper)
+        return loss, metrics, torch.stack(torch._foreach_norm([loss, *grads]))
 
     def meta_backward(self, params, buffers, episode: Episode):
         """Accumulate the meta-gradient (of the mean query loss over the collected meta-batch)
@@ -270,3 +336,31 @@ class Engine:
             losses.append(loss.detach())
             metrics.append(task_metrics)
         return torch.stack(losses).mean(), _task_mean(_stack(metrics))
+
+
+def _name(params: dict, tensor) -> str:
+    """The key of `params` whose value is `tensor` itself."""
+    return next(k for k, v in params.items() if v is tensor)
+
+
+class _compiling:
+    """Says that compiling starts (announce); as a context, turns a failure of torch.compile into
+    one clear line (TorchDynamoException is only raised when compiling)."""
+
+    @staticmethod
+    def announce(what: str) -> None:
+        logging.getLogger("maml_cli").info("trainer.compile: %s; trainer.compile=false skips "
+                                           "that", what)
+        # A CUDA build of torch compiling for the CPU warns that there is no CUDA runtime, on
+        # stderr, on every run: true, and nothing to act on.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None and issubclass(kind, torch._dynamo.exc.TorchDynamoException):
+            first = next((line for line in str(error).splitlines() if line.strip()), kind.__name__)
+            raise UserError(f"compiling the meta-batch (trainer.compile) failed: "
+                            f"{first.strip()}; run with trainer.compile=false") from None
+        return False

@@ -6,7 +6,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim.optimizer import (
+    _get_scalar_dtype,
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
+)
 
 
 def _flat(tensors, like) -> torch.Tensor:
@@ -117,20 +121,45 @@ class Adam(torch.optim.Adam):
         super().load_state_dict(state_dict)
         self._fast = None
 
-    def _fast_lists(self):
+    def _plain(self) -> bool:
+        """Whether every step is the plain fused Adam update of one group's tensors."""
         if len(self.param_groups) != 1:
-            return None
+            return False
         group = self.param_groups[0]
-        if not group["fused"] or group["amsgrad"] or group["weight_decay"] or group["maximize"] \
-                or group["differentiable"] or not isinstance(group["lr"], float):
+        return bool(group["fused"]) and not (group["amsgrad"] or group["weight_decay"]
+                                             or group["maximize"] or group["differentiable"]) \
+            and isinstance(group["lr"], float)
+
+    def _fast_lists(self):
+        if not self._plain():
             return None
-        params = group["params"]
+        params = self.param_groups[0]["params"]
         if not all(p in self.state for p in params) \
                 or len({(p.device, p.dtype) for p in params}) != 1:
             return None
         states = [self.state[p] for p in params]
         return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states])
+
+    def functional(self):
+        """(params, exp_avgs, exp_avg_sqs, steps, (beta1, beta2, eps)) for adam_update,
+        creating torch's state (as its fused step would on its first call) where there is none
+        yet; None where this optimizer's step is more than the plain fused update (as for the
+        direct path)."""
+        if not self._plain():
+            return None
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p not in self.state:
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=_get_scalar_dtype(is_fused=True),
+                                        device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        self._fast = self._fast_lists() or False
+        if not self._fast:  # tensors of several devices or dtypes
+            return None
+        return (*self._fast, (*group["betas"], group["eps"]))
 
     def _observed(self) -> bool:
         return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
@@ -157,3 +186,18 @@ class Adam(torch.optim.Adam):
     # torch would wrap this step in its record and hooks: it does that only where it defers.
     step.hooked = True
     _torch_step = torch.optim.Optimizer.profile_hook_step(_unhooked(torch.optim.Adam.step))
+
+
+def adam_update(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps) -> None:
+    """Adam's update of every parameter and its state, in place: torch's fused kernel in plain
+    tensor operations, which torch.compile fuses into a compiled meta-iteration (the fused
+    kernel itself cannot be compiled: it has no fake implementation). `lr`: a tensor, so that a
+    schedule's rate does not recompile. The bias corrections are taken in float64 from the step
+    counts, as the fused kernel takes them (float32 powers of beta2 would be off by 1e-5)."""
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        t.add_(1)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step = t.double()
+        denom = (v.sqrt() / (1 - beta2 ** step).sqrt().to(p.dtype)).add_(eps)
+        p.sub_((lr / (1 - beta1 ** step)).to(p.dtype) * m / denom)

@@ -274,6 +274,9 @@ class TrainerConfig:
     # exact, so off (null).
     compile: Any = "auto"
     amp: str | None = None
+    # cuda_graphs: on CUDA, a compiled meta-iteration that is one graph (Engine.meta_step) is
+    # captured as CUDA graphs and replayed (torch.compile's reduce-overhead mode).
+    cuda_graphs: bool = True
 
 
 @dataclass

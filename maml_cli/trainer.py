@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from maml_cli import checkpoint, distributed, tracking
+from maml_cli import checkpoint, distributed, optim, tracking
 from maml_cli.algorithms.base import CARRY
 from maml_cli.build import Run
 from maml_cli.engine import choose_compile
@@ -58,6 +58,14 @@ class Trainer:
             self.progress.compiled = choice
         run.engine.set_compile(bool(self.progress.compiled))
         self.eager_seconds: list[float] = []
+        # The outer Adam's tensors, where its step may join the compiled meta-iteration
+        # (Engine.meta_step): nothing must come between the meta-gradient and the step (no
+        # all-reduce, no skipping of non-finite meta-batches). `whole`: whether the last
+        # iteration's meta-batch could compile as one graph (trainer.compile=auto asks).
+        self.outer, self.whole = None, False
+        if isinstance(run.optimizer, optim.Adam) and self.group.world == 1 \
+                and run.trainer.nan_policy == "stop":
+            self.outer = run.optimizer.functional()
 
     def save(self, *names: str) -> None:
         self._check_finite()
@@ -149,6 +157,18 @@ class Trainer:
         run.schedule.start(it)
         run.algorithm.start_iteration(it)
         episode = run.engine.collect(self.params, self.buffers, episode)
+        self.whole = self.outer is not None and run.engine.can_meta_step(self.params,
+                                                                         self.buffers, episode)
+        if self.whole and run.engine.compile:
+            # with the meta-parameters this meta-batch adapts from, before the step updates them
+            metrics = run.engine.before(self.params, self.buffers, episode) if before else {}
+            _, step_metrics, norms = run.engine.meta_step(
+                self.params, self.buffers, episode, self.outer,
+                run.optimizer.param_groups[0]["lr"])
+            self.stopping = stop_requested
+            self._queue_check(it, norms)
+            run.algorithm.carry_over(step_metrics.pop(CARRY, {}))
+            return step_metrics | metrics
         loss, metrics = run.engine.meta_backward(self.params, self.buffers, episode)
         carry = metrics.pop(CARRY, {})
         grads = [p.grad for p in self.outer_params if p.grad is not None]
@@ -158,10 +178,10 @@ class Trainer:
                                                       stop_requested, group.share(size))
         # A norm is non-finite if anything in its tensor is (torch.nn.utils.get_total_norm's
         # own bookkeeping costs more than this on small models: make bench's T1).
-        norms = torch._foreach_norm([loss, *grads])
+        norms = torch.stack(torch._foreach_norm([loss, *grads]))
         if run.trainer.nan_policy == "skip":
             # a sync per iteration: the price of choosing to skip
-            if not torch.stack(norms).isfinite().all().item():
+            if not norms.isfinite().all().item():
                 self.progress.skipped += 1
                 self.consecutive_skips += 1
                 if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
@@ -170,9 +190,7 @@ class Trainer:
                 return None
             self.consecutive_skips = 0
         else:
-            self.unchecked.append((it, norms))
-            if len(self.unchecked) >= MAX_UNCHECKED:  # however long trainer.log_every is
-                self._check_finite()
+            self._queue_check(it, norms)
         if before:  # with the meta-parameters this meta-batch adapted from
             metrics |= run.engine.before(self.params, self.buffers, episode)
         if getattr(run.optimizer, "needs_closure", False):  # TRPO: it evaluates the batch again
@@ -183,9 +201,16 @@ class Trainer:
         run.algorithm.carry_over(carry)
         return metrics
 
+    def _queue_check(self, iteration: int, norms: torch.Tensor) -> None:
+        """Keep an iteration's norms for the next _check_finite."""
+        self.unchecked.append((iteration, norms))
+        if len(self.unchecked) >= MAX_UNCHECKED:  # however long trainer.log_every is
+            self._check_finite()
+
     def _choose_compile(self, seconds: float) -> None:
         """trainer.compile=auto on the CPU: once TIMED_ITERATIONS have been timed, compile if the
-        rest of the run, eager, would take longer than engine.CPU_COMPILE_AFTER_S. Every rank
+        rest of the run, eager, would take longer than engine.CPU_COMPILE_AFTER_S (or
+        CPU_WHOLE_COMPILE_AFTER_S, where the whole meta-iteration compiles). Every rank
         takes the slowest rank's time, so that all choose alike."""
         self.eager_seconds.append(seconds)
         if len(self.eager_seconds) <= TIMED_ITERATIONS:
@@ -195,7 +220,7 @@ class Trainer:
             per_iteration = max(distributed.gather([per_iteration]))
         run, p = self.run, self.progress
         left = per_iteration * (run.trainer.iterations - p.iteration)
-        p.compiled = choose_compile("auto", run.device, eager_s_left=left)
+        p.compiled = choose_compile("auto", run.device, eager_s_left=left, whole=self.whole)
         if p.compiled:
             log.info("trainer.compile=auto: the %d iterations left would take about %.0f min "
                      "uncompiled, so the engine compiles now (trainer.compile=false: never)",
@@ -214,7 +239,7 @@ class Trainer:
     def _check_finite(self) -> None:
         """Stop before anything computed from a non-finite meta-gradient is logged or saved."""
         if self.unchecked and not self.first_bad:
-            finite = torch.stack([n for _, norms in self.unchecked for n in norms]).isfinite()
+            finite = torch.cat([norms for _, norms in self.unchecked]).isfinite()
             ok, start = finite.tolist(), 0
             for it, norms in self.unchecked:
                 if not all(ok[start:start + len(norms)]):

@@ -149,8 +149,8 @@ def test_w4_is_w2_with_resnet12_and_only_on_request():
 
 def test_the_gpu_speed_script_times_each_run_without_and_with_cuda_graphs(tmp_path, data_env):
     """benchmarks/gpu_speed.sh, run on the CPU (DEVICE=cpu) with the shortest runs in a copy of
-    benchmarks/, in its CUDA-graph mode only (the other differs in the value of one variable,
-    which on the CPU changes nothing): a lent GPU's few minutes must not be lost to it."""
+    benchmarks/, in its CUDA-graph mode only (the other differs only in its switches' values,
+    which on the CPU change nothing): a lent GPU's few minutes must not be lost to it."""
     (tmp_path / "benchmarks").mkdir()
     for part in ("gpu_setup.sh", "gpu_speed.sh", "bench.py"):
         shutil.copy(Path(bench.__file__).parent / part, tmp_path / "benchmarks")

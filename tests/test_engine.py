@@ -12,6 +12,7 @@ from maml_cli.algorithms.maml import MAML
 from maml_cli.device import resolve_device
 from maml_cli.engine import (
     CPU_COMPILE_AFTER_S,
+    CPU_WHOLE_COMPILE_AFTER_S,
     EAGER_VMAP_MAX_FLOP_PER_THREAD,
     STRATEGIES,
     Engine,
@@ -22,6 +23,7 @@ from maml_cli.episode import Episode
 from maml_cli.errors import UserError
 from maml_cli.models.conv4 import Conv4
 from maml_cli.models.mlp import MLP
+from maml_cli.optim import Adam
 from tests.algorithms.test_maml import CASES, LR, assert_close, naive_meta_gradient
 
 
@@ -114,6 +116,11 @@ def test_compile_auto_compiles_on_cuda_and_on_the_cpu_for_long_runs_only():
     assert choose_compile("auto", cpu) is None  # the trainer times its first iterations
     assert choose_compile("auto", cpu, eager_s_left=CPU_COMPILE_AFTER_S / 2) is False
     assert choose_compile("auto", cpu, eager_s_left=CPU_COMPILE_AFTER_S * 2) is True
+    # where the whole meta-iteration compiles as one graph, a shorter run repays it
+    assert CPU_WHOLE_COMPILE_AFTER_S < CPU_COMPILE_AFTER_S
+    assert choose_compile("auto", cpu, eager_s_left=CPU_WHOLE_COMPILE_AFTER_S * 2,
+                          whole=True) is True
+    assert choose_compile("auto", cpu, eager_s_left=CPU_WHOLE_COMPILE_AFTER_S * 2) is False
     assert choose_compile("auto", cpu, policy=True) is False
     assert choose_compile(True, cpu) is True
     assert choose_compile(False, cuda) is False
@@ -168,6 +175,43 @@ def test_compiled_engine_recompiles_only_when_the_derivative_order_switches(stra
     for eager, compiled in compiled_and_eager(strategy, iterations=range(1, 5)):
         assert_close(compiled, eager)
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_the_whole_meta_iteration_compiled_is_the_eager_meta_gradient_and_adam_step():
+    """Engine.meta_step, where the whole meta-iteration compiles as one graph: after three
+    iterations of second-order MAML with a multi-step loss, at a rate that changes every
+    iteration, the parameters, the Adam state, the loss and the NaN check's norms of the eager
+    meta-gradient and torch's fused Adam step, float64, to 1e-9; one graph, since nothing that
+    changes every iteration reaches it as a constant."""
+    runs = []
+    for whole in (False, True):
+        model, loss_fn, metric_fn, episode, _ = CASES["mlp"](0, tasks=3)
+        algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), multi_step_loss=True,
+                         msl_iterations=4)
+        engine = Engine(algorithm, "vmap", compile=whole)
+        optimizer = Adam(model.parameters(), lr=1e-2, fused=True)
+        outer, params = optimizer.functional(), dict(model.named_parameters())
+        torch._dynamo.reset()
+        counters.clear()
+        for iteration in range(1, 4):
+            algorithm.start_iteration(iteration)
+            rate = 1e-2 / iteration
+            if whole:
+                assert engine.can_meta_step(params, {}, episode)
+                loss, _, norms = engine.meta_step(params, {}, episode, outer, rate)
+            else:
+                optimizer.param_groups[0]["lr"] = rate
+                model.zero_grad(set_to_none=True)
+                loss, _ = engine.meta_backward(params, {}, episode)
+                norms = torch.stack(torch._foreach_norm([loss, *(p.grad for p in
+                                                                 params.values())]))
+                optimizer.step()
+        state = optimizer.state_dict()["state"]
+        runs.append([*params.values(), *(s[k] for s in state.values() for k in sorted(s)),
+                     loss.reshape(1), norms])
+    assert counters["stats"]["unique_graphs"] == 1
+    assert_close(runs[1], runs[0])
+    assert all(p.grad is None for p in params.values())  # the step never leaves .grad behind
 
 
 def test_bf16_autocast_meta_loss_is_close_to_float32s():

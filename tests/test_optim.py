@@ -10,7 +10,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from maml_cli.algorithms.inner import SGD
 from maml_cli.algorithms.maml import MAML
 from maml_cli.engine import Engine
-from maml_cli.optim import TRPO, Adam, conjugate_gradient
+from maml_cli.optim import TRPO, Adam, adam_update, conjugate_gradient
 from tests.tasks.test_navigation import tiny_case
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -146,3 +146,42 @@ def test_outer_adam_keeps_step_hooks_and_the_profilers_record():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step(2)
     assert sum(e.name == "Optimizer.step#Adam.step" for e in prof.events()) == 2
+
+
+def test_the_functional_update_is_torchs_fused_adam_in_float64_from_the_state_torch_makes():
+    """adam_update, the outer step inside the compiled meta-iteration: from the state that
+    functional() creates before any step, the parameters and state of torch's fused Adam after
+    steps at a changing rate, to rounding in float64; and a state torch's Adam loads."""
+    torch.manual_seed(0)
+    start = [torch.randn(s, dtype=torch.float64) for s in [(40, 1), (40,), (40, 40)]]
+    grads = [[torch.randn_like(s) for s in start] for _ in range(5)]
+    theirs = [torch.nn.Parameter(s.clone()) for s in start]
+    reference = torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    ours = [torch.nn.Parameter(s.clone()) for s in start]
+    optimizer = Adam(ours, lr=1e-2, fused=True)
+    params, exp_avgs, exp_avg_sqs, steps, hyper = optimizer.functional()
+    assert params == ours
+    for i, step_grads in enumerate(grads):
+        reference.param_groups[0]["lr"] = 1e-2 / (1 + i)
+        for p, g in zip(theirs, step_grads):
+            p.grad = g
+        reference.step()
+        with torch.no_grad():
+            adam_update([p.detach() for p in ours], step_grads, exp_avgs, exp_avg_sqs, steps,
+                        torch.tensor(1e-2 / (1 + i), dtype=torch.float64), *hyper)
+    their_state, our_state = reference.state_dict()["state"], optimizer.state_dict()["state"]
+    for k, state in their_state.items():
+        for key, value in state.items():
+            assert our_state[k][key].dtype == value.dtype
+            torch.testing.assert_close(our_state[k][key], value, rtol=1e-13, atol=0)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=0)
+    assert all(not torch.equal(p, s) for p, s in zip(theirs, start))
+    loaded = torch.optim.Adam([torch.nn.Parameter(s.clone()) for s in start], lr=1e-2)
+    loaded.load_state_dict(optimizer.state_dict())
+
+
+def test_the_functional_update_is_only_for_the_plain_fused_step():
+    param = torch.nn.Parameter(torch.zeros(3))
+    assert Adam([param], lr=1e-2, fused=True, weight_decay=0.1).functional() is None
+    assert Adam([param], lr=1e-2, fused=False).functional() is None

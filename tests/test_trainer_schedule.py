@@ -40,15 +40,22 @@ def train(run_dir, *overrides, resume=None):
     return run, torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
+def compile_after(monkeypatch, seconds: float) -> None:
+    """trainer.compile=auto's thresholds on the CPU, both: the whole meta-iteration's (the
+    default sinusoid run's) and the meta-batch forward's."""
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", seconds)
+    monkeypatch.setattr(engine, "CPU_WHOLE_COMPILE_AFTER_S", seconds)
+
+
 def test_a_run_long_enough_compiles_after_its_timed_iterations(tmp_path, compiles,
                                                                 monkeypatch):
-    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    compile_after(monkeypatch, 0.0)
     run, last = train(tmp_path, "trainer.stop_after=7")
     assert run.engine.compile and last["compiled"] is True
     assert len(compiles) == 1
 
     # Resumed, the choice is the checkpoint's, however short the rest of the run now looks.
-    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", float("inf"))
+    compile_after(monkeypatch, float("inf"))
     compiles.clear()
     run, last = train(tmp_path, resume=last)
     assert run.engine.compile and last["compiled"] is True and last["iteration"] == 10
@@ -62,7 +69,7 @@ def test_a_short_run_stays_eager_and_says_so_in_its_checkpoint(tmp_path, compile
 
 
 def test_a_run_stopped_before_choosing_chooses_when_resumed(tmp_path, compiles, monkeypatch):
-    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    compile_after(monkeypatch, 0.0)
     _, last = train(tmp_path, f"trainer.stop_after={TIMED_ITERATIONS}")
     assert last["compiled"] is None and compiles == []
     run, last = train(tmp_path, resume=last)
@@ -70,9 +77,52 @@ def test_a_run_stopped_before_choosing_chooses_when_resumed(tmp_path, compiles, 
 
 
 def test_an_explicit_setting_is_never_second_guessed(tmp_path, compiles, monkeypatch):
-    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", 0.0)
+    compile_after(monkeypatch, 0.0)
     run, last = train(tmp_path, "trainer.compile=false")
     assert not run.engine.compile and last["compiled"] is False and compiles == []
+
+
+@pytest.mark.parametrize(("overrides", "whole"), [((), True), (("algorithm=metasgd",), False)])
+def test_the_threshold_is_the_whole_iteration_s_where_it_compiles_as_one_graph(
+        tmp_path, compiles, monkeypatch, overrides, whole):
+    """The sinusoid run compiles its whole meta-iteration (Engine.meta_step), whose compiling
+    repays itself in a shorter run; Meta-SGD's learned rates keep it to the forward alone."""
+    monkeypatch.setattr(engine, "CPU_WHOLE_COMPILE_AFTER_S", 0.0)
+    monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", float("inf"))
+    steps = []
+    monkeypatch.setattr(engine.Engine, "meta_step",
+                        lambda self, *a: steps.append(1) or meta_step(self, *a))
+    run, last = train(tmp_path, *overrides)
+    assert last["compiled"] is whole and run.engine.compile is whole
+    assert len(steps) == (10 - TIMED_ITERATIONS - 1 if whole else 0)
+
+
+meta_step = engine.Engine.meta_step
+
+
+def whole_and_eager(tmp_path, *overrides):
+    """The parameters after the run with its whole meta-iteration compiled (the recorder
+    leaves the compiled function eager), and eager."""
+    return [train(tmp_path / setting, f"trainer.compile={setting}", *overrides)[1]["model"]
+            for setting in ("true", "false")]
+
+
+def test_the_whole_iteration_trains_as_the_eager_trainer_and_resumes_bit_for_bit(tmp_path,
+                                                                                  compiles):
+    whole, eager = whole_and_eager(tmp_path)
+    assert len(compiles) == 1
+    for k, value in eager.items():
+        torch.testing.assert_close(whole[k], value, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(whole[k], value) for k, value in eager.items())  # another path
+    _, stopped = train(tmp_path / "resumed", "trainer.compile=true", "trainer.stop_after=6")
+    _, resumed = train(tmp_path / "resumed", resume=stopped)
+    assert all(torch.equal(resumed["model"][k], value) for k, value in whole.items())
+    assert resumed["optimizer"]["state"].keys() == stopped["optimizer"]["state"].keys()
+
+
+def test_the_whole_iteration_stops_at_the_first_non_finite_meta_gradient(tmp_path, compiles):
+    with pytest.raises(UserError, match="NaN or infinite at iteration 1 "):
+        train(tmp_path, "trainer.compile=true", "inner.lr=1e38")
 
 
 def test_the_figure_is_drawn_first_then_every_figure_every_iterations_and_last(tmp_path):
