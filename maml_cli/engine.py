@@ -22,7 +22,7 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.func import grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -257,10 +257,8 @@ class Engine:
 
     def can_meta_step(self, params, buffers, episode: Episode) -> bool:
         """Whether meta_step can take this meta-batch's whole iteration, once compiling: under
-        vmap, in float32, with no meta-parameters but the model's (torch.func.grad
-        differentiates the model's alone) and no rollouts to collect."""
-        return (self.amp is None and next(self.algorithm.learned.parameters(), None) is None
-                and not (self.task is not None and self.task.needs_policy)
+        vmap, in float32, with no rollouts to collect."""
+        return (self.amp is None and not (self.task is not None and self.task.needs_policy)
                 and self.strategy_for(params, buffers, episode, compiled=True) == "vmap")
 
     def meta_step(self, params, buffers, episode: Episode, outer, lr: float):
@@ -287,7 +285,10 @@ class Engine:
                     "more; seconds from torch's cache)")
             _compiling.announce(what + (", then replays as CUDA graphs (trainer.cuda_graphs)"
                                         if graphs else ""))
-            fn = partial(self._whole_iteration, [_name(params, p) for p in outer[0]], outer[4])
+            learned = dict(self.algorithm.learned.named_parameters())
+            names = [(0, _name(params, p)) if any(p is v for v in params.values())
+                     else (1, _name(learned, p)) for p in outer[0]]
+            fn = partial(self._whole_iteration, names, outer[4])
             fn = torch.compile(fn, mode="reduce-overhead" if graphs else None)
             self._meta_step = outer, graphs, state, fn
         _, graphs, state, fn = self._meta_step
@@ -302,12 +303,18 @@ class Engine:
                          *tensors):
         task_loss = vmap(self.algorithm.task_loss, in_dims=TASK_DIMS)
 
-        def mean_loss(named):
-            loss, metrics = task_loss(named, buffers, *tensors, steps=self.steps)
+        def mean_loss(model, learned):
+            # the algorithm's own meta-parameters (learned rates, a relation module) in place
+            loss, metrics = functional_call(self.algorithm.learned, learned,
+                                            (task_loss, model, buffers, *tensors),
+                                            {"steps": self.steps})
             return loss.mean(), _task_mean(metrics)
 
-        grads, (loss, metrics) = grad_and_value(mean_loss, has_aux=True)(dict(zip(names, params)))
-        grads = [grads[n] for n in names]
+        named = ({}, {})  # the model's parameters, the algorithm's
+        for (part, name), p in zip(names, params):
+            named[part][name] = p
+        grads, (loss, metrics) = grad_and_value(mean_loss, argnums=(0, 1), has_aux=True)(*named)
+        grads = [grads[part][name] for part, name in names]
         with torch.no_grad():
             adam_update(params, grads, exp_avgs, exp_avg_sqs, counts, lr, *hyper)
         return loss, metrics, torch.stack(torch._foreach_norm([loss, *grads]))

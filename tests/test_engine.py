@@ -177,19 +177,22 @@ def test_compiled_engine_recompiles_only_when_the_derivative_order_switches(stra
     assert counters["stats"]["unique_graphs"] == 2
 
 
-def test_the_whole_meta_iteration_compiled_is_the_eager_meta_gradient_and_adam_step():
+@pytest.mark.parametrize("options", [{"multi_step_loss": True, "msl_iterations": 4},
+                                     {"lr_mode": "per_parameter"}])
+def test_the_whole_meta_iteration_compiled_is_the_eager_meta_gradient_and_adam_step(options):
     """Engine.meta_step, where the whole meta-iteration compiles as one graph: after three
-    iterations of second-order MAML with a multi-step loss, at a rate that changes every
-    iteration, the parameters, the Adam state, the loss and the NaN check's norms of the eager
-    meta-gradient and torch's fused Adam step, float64, to 1e-9; one graph, since nothing that
-    changes every iteration reaches it as a constant."""
+    iterations of second-order MAML (with a multi-step loss; with Meta-SGD's learned rates,
+    which the algorithm's own parameters carry), at a rate that changes every iteration, the
+    parameters, the Adam state, the loss and the NaN check's norms of the eager meta-gradient
+    and torch's fused Adam step, float64, to 1e-9; one graph, since nothing that changes every
+    iteration reaches it as a constant."""
     runs = []
     for whole in (False, True):
         model, loss_fn, metric_fn, episode, _ = CASES["mlp"](0, tasks=3)
-        algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), multi_step_loss=True,
-                         msl_iterations=4)
+        algorithm = MAML(model, loss_fn, metric_fn, SGD(LR, steps=2), **options)
         engine = Engine(algorithm, "vmap", compile=whole)
-        optimizer = Adam(model.parameters(), lr=1e-2, fused=True)
+        optimizer = Adam([*model.parameters(), *algorithm.learned.parameters()], lr=1e-2,
+                         fused=True)
         outer, params = optimizer.functional(), dict(model.named_parameters())
         torch._dynamo.reset()
         counters.clear()
@@ -201,17 +204,19 @@ def test_the_whole_meta_iteration_compiled_is_the_eager_meta_gradient_and_adam_s
                 loss, _, norms = engine.meta_step(params, {}, episode, outer, rate)
             else:
                 optimizer.param_groups[0]["lr"] = rate
-                model.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss, _ = engine.meta_backward(params, {}, episode)
-                norms = torch.stack(torch._foreach_norm([loss, *(p.grad for p in
-                                                                 params.values())]))
+                trained = optimizer.param_groups[0]["params"]
+                norms = torch.stack(torch._foreach_norm([loss, *(p.grad for p in trained)]))
                 optimizer.step()
         state = optimizer.state_dict()["state"]
-        runs.append([*params.values(), *(s[k] for s in state.values() for k in sorted(s)),
+        trained = optimizer.param_groups[0]["params"]
+        runs.append([*trained, *(s[k] for s in state.values() for k in sorted(s)),
                      loss.reshape(1), norms])
     assert counters["stats"]["unique_graphs"] == 1
     assert_close(runs[1], runs[0])
-    assert all(p.grad is None for p in params.values())  # the step never leaves .grad behind
+    assert len(trained) > len(params) or not options.get("lr_mode")
+    assert all(p.grad is None for p in trained)  # the step never leaves .grad behind
 
 
 def test_bf16_autocast_meta_loss_is_close_to_float32s():

@@ -82,11 +82,13 @@ def test_an_explicit_setting_is_never_second_guessed(tmp_path, compiles, monkeyp
     assert not run.engine.compile and last["compiled"] is False and compiles == []
 
 
-@pytest.mark.parametrize(("overrides", "whole"), [((), True), (("algorithm=metasgd",), False)])
+@pytest.mark.parametrize(("overrides", "whole"), [((), True), (("algorithm=metasgd",), True),
+                                                  (("outer=sgd",), False)])
 def test_the_threshold_is_the_whole_iteration_s_where_it_compiles_as_one_graph(
         tmp_path, compiles, monkeypatch, overrides, whole):
     """The sinusoid run compiles its whole meta-iteration (Engine.meta_step), whose compiling
-    repays itself in a shorter run; Meta-SGD's learned rates keep it to the forward alone."""
+    repays itself in a shorter run, with Meta-SGD's learned rates too; an outer step other than
+    Adam keeps it to the forward alone."""
     monkeypatch.setattr(engine, "CPU_WHOLE_COMPILE_AFTER_S", 0.0)
     monkeypatch.setattr(engine, "CPU_COMPILE_AFTER_S", float("inf"))
     steps = []

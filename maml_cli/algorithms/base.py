@@ -50,6 +50,16 @@ def feature_maps(model: nn.Module, algorithm: str) -> nn.Sequential:
     return nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[:end]))
 
 
+class Learned(nn.Module):
+    """An algorithm's own meta-parameters. Called as torch.func.functional_call(learned,
+    values, (fn, *args)), it runs fn(*args) with `values` in place of its parameters: how a
+    compiled meta-iteration differentiates them (Engine.meta_step). So the algorithm reads them
+    through this module at every use, never through references of its own."""
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
 class Algorithm:
     # Whether training adapts to each task: the engine collects RL rollouts after the inner
     # steps only when it does (the pretrained baseline trains on its one policy's rollouts).
@@ -71,7 +81,7 @@ class Algorithm:
         # sets, or the rollouts of the policy after each inner step.
         self.data_fn = data_fn or FixedData
         self.inner, self.num_classes = inner, num_classes
-        self.learned = nn.Module()
+        self.learned = Learned()
 
     def start_iteration(self, iteration: int) -> None:
         """Before each meta-iteration (1, 2, ...): where schedules inside the algorithm are set,

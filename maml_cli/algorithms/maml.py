@@ -87,31 +87,48 @@ class MAML(Algorithm):
         # in the inner loop, as in MAML++. Its per-step running statistics have no counterpart:
         # MAML++ normalises with batch statistics in training and test alike, as conv4's norm
         # does, so no running statistics are ever used (or kept).
-        self.norm_params = {}
+        norm_params = {}
         for name, module in model.named_modules() if per_step_norm else ():
             if _is_norm(module):
                 for short, value in module.named_parameters(recurse=False):
-                    self.norm_params[f"{name}.{short}"] = value.detach().expand(
+                    norm_params[f"{name}.{short}"] = value.detach().expand(
                         self.num_steps, *value.shape).clone()
         # What the inner loop updates: all but per-step norm weights, all but the norm layers'
         # (as in the reference code, whose norm offsets are meta-learned only), or the head.
-        frozen = set(self.norm_params)
+        frozen = set(norm_params)
         if adapt == "no_norm":
             frozen |= {f"{m}.{p}" if m else p for m, module in model.named_modules()
                        if _is_norm(module) for p, _ in module.named_parameters(recurse=False)}
         self.adapted = [n for n, _ in model.named_parameters() if n not in frozen
                         and (self.head is None or n.startswith(self.head_prefix))]
-        self.lrs = {}
+        lrs = {}
         for name in self.adapted:
             p = model.get_parameter(name).detach()
             if lr_mode == "per_layer_step":
-                self.lrs[name] = torch.full((self.num_steps,), float(inner.lr)).to(p)
+                lrs[name] = torch.full((self.num_steps,), float(inner.lr)).to(p)
             elif lr_mode == "per_parameter":
-                self.lrs[name] = torch.full_like(p, inner.lr)
-        for prefix, table in (("lr", self.lrs), ("norm", self.norm_params)):
+                lrs[name] = torch.full_like(p, inner.lr)
+        self.learned_names = {}  # ("lr" or "norm", parameter name) -> its name in `learned`
+        for prefix, table in (("lr", lrs), ("norm", norm_params)):
             for name, value in table.items():
-                table[name] = nn.Parameter(value)
-                self.learned.register_parameter(f"{prefix}:{_key(name)}", table[name])
+                self.learned_names[prefix, name] = f"{prefix}:{_key(name)}"
+                self.learned.register_parameter(self.learned_names[prefix, name],
+                                                nn.Parameter(value))
+
+    def _table(self, prefix: str) -> dict:
+        return {name: getattr(self.learned, key)
+                for (p, name), key in self.learned_names.items() if p == prefix}
+
+    @property
+    def lrs(self) -> dict:
+        """The learned inner rates by parameter name (Meta-SGD, MAML++), read through `learned`
+        at every use (Learned)."""
+        return self._table("lr")
+
+    @property
+    def norm_params(self) -> dict:
+        """MAML++'s per-step norm weights by parameter name, read as lrs is."""
+        return self._table("norm")
 
     def _lr(self, step: int) -> dict:
         if self.lr_mode == "per_layer_step":
