@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -215,7 +216,7 @@ class Engine:
             if strategy == "vmap":
                 fn = vmap(fn, in_dims=TASK_DIMS)
             if self.compile:
-                _compiling.announce("the first meta-batch compiles (30 s to minutes)")
+                _announce_compiling("the first meta-batch compiles (30 s to minutes)")
                 fn = torch.compile(fn)
             self._task_loss = strategy, fn
         return self._task_loss[1]
@@ -283,12 +284,12 @@ class Engine:
                     torch._dynamo.mark_static_address(t)
             what = ("the whole meta-iteration compiles as one graph on its first call (30 s or "
                     "more; seconds from torch's cache)")
-            _compiling.announce(what + (", then replays as CUDA graphs (trainer.cuda_graphs)"
+            _announce_compiling(what + (", then replays as CUDA graphs (trainer.cuda_graphs)"
                                         if graphs else ""))
-            learned = dict(self.algorithm.learned.named_parameters())
-            names = [(0, _name(params, p)) if any(p is v for v in params.values())
-                     else (1, _name(learned, p)) for p in outer[0]]
-            fn = partial(self._whole_iteration, names, outer[4])
+            # each trained tensor's (part, name): the model's (0) or the algorithm's own (1)
+            where = {id(v): (0, k) for k, v in params.items()}
+            where |= {id(v): (1, k) for k, v in self.algorithm.learned.named_parameters()}
+            fn = partial(self._whole_iteration, [where[id(p)] for p in outer[0]], outer[4])
             fn = torch.compile(fn, mode="reduce-overhead" if graphs else None)
             self._meta_step = outer, graphs, state, fn
         _, graphs, state, fn = self._meta_step
@@ -345,29 +346,21 @@ class Engine:
         return torch.stack(losses).mean(), _task_mean(_stack(metrics))
 
 
-def _name(params: dict, tensor) -> str:
-    """The key of `params` whose value is `tensor` itself."""
-    return next(k for k, v in params.items() if v is tensor)
+def _announce_compiling(what: str) -> None:
+    logging.getLogger("maml_cli").info("trainer.compile: %s; trainer.compile=false skips that",
+                                       what)
+    # A CUDA build of torch compiling for the CPU warns that there is no CUDA runtime, on
+    # stderr, on every run: true, and nothing to act on.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
-class _compiling:
-    """Says that compiling starts (announce); as a context, turns a failure of torch.compile into
-    one clear line (TorchDynamoException is only raised when compiling)."""
-
-    @staticmethod
-    def announce(what: str) -> None:
-        logging.getLogger("maml_cli").info("trainer.compile: %s; trainer.compile=false skips "
-                                           "that", what)
-        # A CUDA build of torch compiling for the CPU warns that there is no CUDA runtime, on
-        # stderr, on every run: true, and nothing to act on.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is not None and issubclass(kind, torch._dynamo.exc.TorchDynamoException):
-            first = next((line for line in str(error).splitlines() if line.strip()), kind.__name__)
-            raise UserError(f"compiling the meta-batch (trainer.compile) failed: "
-                            f"{first.strip()}; run with trainer.compile=false") from None
-        return False
+@contextmanager
+def _compiling():
+    """A failure of torch.compile as one clear line (TorchDynamoException is only raised when
+    compiling)."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"compiling the meta-batch (trainer.compile) failed: {first.strip()}; "
+                        f"run with trainer.compile=false") from None

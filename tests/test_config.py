@@ -102,6 +102,12 @@ def test_out_of_range_values_name_the_key(override, key):
         check_values(compose_train(*override.split()))
 
 
+def test_a_switch_takes_only_a_boolean():
+    with pytest.raises(Exception, match=r"override trainer\.cuda_graphs=maybe"):
+        compose_train("trainer.cuda_graphs=maybe")
+    assert compose_train("trainer.cuda_graphs=false").trainer.cuda_graphs is False
+
+
 def test_a_step_schedule_without_its_interval_is_one_line():
     with pytest.raises(UserError, match=r"^trainer.lr_schedule=step needs trainer.lr_decay_every"):
         check_values(compose_train("trainer.lr_schedule=step"))
